@@ -1,0 +1,50 @@
+"""The attack interface that every reconstruction attack implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AttackerKnowledge:
+    """What the attacker is assumed to have, recorded in every results file and table row.
+
+    access: ``black-box`` (can query the head: learned attacks) or ``white-box`` (knows its weights).
+    aux_data: ``same`` (the victim's distribution), ``other`` (another distribution) or ``none`` (data-free).
+    """
+
+    access: str = "black-box"
+    aux_data: str = "same"
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+class Attack(ABC):
+    """Reconstructs the input of a head from its output.
+
+    An attack never builds its own victim or writes files: the run hands it the frozen head, the auxiliary
+    data (learned attacks only) and a Lightning trainer, and scores what ``invert`` returns.
+    """
+
+    name: str = "attack"
+    knowledge: AttackerKnowledge = AttackerKnowledge()
+
+    def fit(self, head: nn.Module, datamodule: Any, trainer: Any, image_shape: tuple[int, int, int]) -> None:
+        """Learn from auxiliary images pushed through ``head`` (no-op for per-image attacks)."""
+
+    @abstractmethod
+    def invert(self, features: torch.Tensor) -> torch.Tensor:
+        """Reconstructions in [0, 1] (B, C, H, W) of the images whose head output is ``features``."""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable settings of the attack, for results files."""
+        return {"name": self.name, **self.knowledge.as_dict()}
+
+    def save(self, path: str) -> None:
+        """Write what the attack learned (nothing for per-image attacks)."""

@@ -1,0 +1,265 @@
+"""The inverse-decoder attack (He et al. 2019's inverse network; Dosovitskiy & Brox 2016's up-convolutional
+decoders): query the head with auxiliary images and train a decoder g(head(x)) -> x.
+
+Defaults follow He et al.: pixel MSE, Adam with AMSGrad, lr 1e-3, batch 32 (the batch size is the data's).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from splitinv.attacks.base import Attack, AttackerKnowledge
+from splitinv.errors import SplitinvError
+
+DECODER_FORMAT = "splitinv-decoder/1"
+
+
+class TokensToMap(nn.Module):
+    """(B, N, C) transformer tokens -> (B, C, g, g): drop the ``prefix`` class/register tokens, lay out the grid."""
+
+    def __init__(self, prefix: int, grid: int) -> None:
+        super().__init__()
+        self.prefix, self.grid = prefix, grid
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = z[:, self.prefix :]
+        return z.transpose(1, 2).reshape(z.shape[0], z.shape[2], self.grid, self.grid)
+
+
+class VectorToMap(nn.Module):
+    """(B, C) vectors -> (B, width, side, side) through one linear layer."""
+
+    def __init__(self, channels: int, width: int, side: int) -> None:
+        super().__init__()
+        self.width, self.side = width, side
+        self.linear = nn.Linear(channels, width * side * side)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.linear(z.flatten(1)).view(z.shape[0], self.width, self.side, self.side)
+
+
+def _conv_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
+
+
+def _up_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1),
+        nn.BatchNorm2d(cout),
+        nn.LeakyReLU(0.2, inplace=True),
+        _conv_block(cout, cout),
+    )
+
+
+class Decoder(nn.Module):
+    """Convolutional upsampling from a cut point's output to an image in [0, 1]."""
+
+    def __init__(
+        self, feature_shape: tuple[int, ...], image_shape: tuple[int, int, int], width: int | None = None
+    ) -> None:
+        super().__init__()
+        self.feature_shape, self.image_shape = tuple(feature_shape), tuple(image_shape)
+        channels, size = image_shape[0], image_shape[1]
+        if len(feature_shape) == 3:
+            cin, side = feature_shape[0], feature_shape[1]
+            self.to_map: nn.Module = nn.Identity()
+        elif len(feature_shape) == 2:
+            tokens, cin = feature_shape
+            side = math.isqrt(tokens)
+            self.to_map = TokensToMap(tokens - side * side, side)
+        elif len(feature_shape) == 1:
+            cin, side = min(max(feature_shape[0], 64), 512), min(4, size)
+            self.to_map = VectorToMap(feature_shape[0], cin, side)
+        else:
+            raise SplitinvError(
+                f"cannot build a decoder from features of shape {feature_shape}: expected (C, H, W) maps, "
+                "(N, C) tokens or (C,) vectors."
+            )
+        ups = max(0, math.ceil(math.log2(size / side))) if side < size else 0
+        w = int(width or min(512, max(64, 32 * 2**ups)))
+        layers: list[nn.Module] = [_conv_block(cin, w)]
+        for _ in range(ups):
+            layers.append(_up_block(w, max(32, w // 2)))
+            w = max(32, w // 2)
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Conv2d(w, channels, 3, padding=1)
+        self.size = size
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.body(self.to_map(z.float()))
+        if h.shape[-1] != self.size or h.shape[-2] != self.size:
+            h = F.interpolate(h, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return torch.sigmoid(self.out(h))
+
+
+def build_decoder(
+    feature_shape: tuple[int, ...], image_shape: tuple[int, int, int], width: int | None = None
+) -> Decoder:
+    """A decoder from one image's cut-point output shape (no batch dim) to ``image_shape`` (C, H, W)."""
+    return Decoder(feature_shape, image_shape, width)
+
+
+class DecoderModule(L.LightningModule):
+    """Trains a decoder on auxiliary images through a frozen head."""
+
+    def __init__(
+        self,
+        head: nn.Module,
+        decoder: Decoder,
+        loss: str = "mse",
+        perceptual_weight: float = 0.0,
+        lr: float = 1e-3,
+        amsgrad: bool = True,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if loss not in ("mse", "l1"):
+            raise SplitinvError(f"unknown decoder loss {loss!r}: use attack.loss=mse or attack.loss=l1.")
+        self.head, self.decoder = head, decoder
+        for p in self.head.parameters():
+            p.requires_grad_(False)
+        self.loss_name, self.perceptual_weight = loss, float(perceptual_weight)
+        self.lr, self.amsgrad, self.weight_decay = lr, amsgrad, weight_decay
+        self.images_seen = 0
+        self._perceptual: nn.Module | None = None
+
+    def train(self, mode: bool = True) -> DecoderModule:
+        """Only the decoder trains: the head stays in eval mode so the victim's BatchNorm stats never move."""
+        super().train(mode)
+        self.head.eval()
+        return self
+
+    def features(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, head features) of a batch; a feature cache can stand in for the head here."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        with torch.no_grad():
+            return x, self.head(x)
+
+    def _loss(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        pixel = F.mse_loss(x_hat, x) if self.loss_name == "mse" else F.l1_loss(x_hat, x)
+        if self.perceptual_weight <= 0:
+            return pixel
+        if self._perceptual is None:
+            from splitinv.metrics import lpips_model
+
+            self._perceptual = lpips_model("vgg", x.device)
+        lp = self._perceptual(x_hat * 2 - 1, x * 2 - 1).mean()
+        return pixel + self.perceptual_weight * lp
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, f = self.features(batch)
+        loss = self._loss(self.decoder(f), x)
+        if not torch.isfinite(loss):
+            raise SplitinvError(
+                f"decoder loss became {loss.item()} at step {self.global_step}: lower attack.lr "
+                f"(now {self.lr}) or check the victim's activations for inf/NaN."
+            )
+        self.images_seen += x.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(
+            self.decoder.parameters(), lr=self.lr, amsgrad=self.amsgrad, weight_decay=self.weight_decay
+        )
+
+
+class DecoderAttack(Attack):
+    """Black-box inverse network: train a decoder on the head's outputs for auxiliary images."""
+
+    name = "decoder"
+
+    def __init__(
+        self,
+        loss: str = "mse",
+        perceptual_weight: float = 0.0,
+        lr: float = 1e-3,
+        amsgrad: bool = True,
+        weight_decay: float = 0.0,
+        width: int | None = None,
+        aux_data: str = "same",
+        checkpoint: str | None = None,
+        name: str = "decoder",
+    ) -> None:
+        self.name = name
+        self.settings = {
+            "loss": loss,
+            "perceptual_weight": perceptual_weight,
+            "lr": lr,
+            "amsgrad": amsgrad,
+            "weight_decay": weight_decay,
+            "width": width,
+        }
+        self.knowledge = AttackerKnowledge(access="black-box", aux_data=aux_data)
+        self.checkpoint = checkpoint
+        self.decoder: Decoder | None = None
+        self.train_stats: dict[str, float] = {}
+
+    def fit(self, head: nn.Module, datamodule: Any, trainer: L.Trainer, image_shape: tuple[int, int, int]) -> None:
+        if self.checkpoint:
+            self.decoder = load_decoder(self.checkpoint)
+            return
+        datamodule.setup("fit")
+        loader = datamodule.train_dataloader()
+        x = next(iter(loader))[0][:2]
+        head.eval()
+        with torch.no_grad():
+            feature_shape = tuple(head(x.to(next(iter(head.parameters())).device)).shape[1:])
+        self.decoder = build_decoder(feature_shape, image_shape, self.settings["width"])
+        module = DecoderModule(head, self.decoder, **{k: v for k, v in self.settings.items() if k != "width"})
+        start = time.perf_counter()
+        trainer.fit(module, train_dataloaders=loader)
+        seconds = time.perf_counter() - start
+        self.train_stats = {
+            "train_seconds": seconds,
+            "train_images": module.images_seen,
+            "train_images_per_s": module.images_seen / seconds if seconds > 0 else float("nan"),
+            "train_steps": trainer.global_step,
+        }
+        self.decoder.eval()
+
+    def invert(self, features: torch.Tensor) -> torch.Tensor:
+        if self.decoder is None:
+            raise SplitinvError("the decoder attack was not fitted: call fit() or pass attack.checkpoint=PATH.")
+        self.decoder.eval()
+        dev = next(self.decoder.parameters()).device
+        with torch.no_grad():
+            return self.decoder(features.to(dev)).clamp(0, 1)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **self.settings, "checkpoint": self.checkpoint}
+
+    def save(self, path: str | Path) -> None:
+        if self.decoder is None:
+            return
+        torch.save(
+            {
+                "format": DECODER_FORMAT,
+                "feature_shape": list(self.decoder.feature_shape),
+                "image_shape": list(self.decoder.image_shape),
+                "width": self.settings["width"],
+                "state_dict": self.decoder.state_dict(),
+            },
+            path,
+        )
+
+
+def load_decoder(path: str | Path) -> Decoder:
+    """A decoder saved by :meth:`DecoderAttack.save` (loaded with weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SplitinvError(f"decoder checkpoint {path} does not exist: train one with attack=decoder first.")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(obj, dict) or obj.get("format") != DECODER_FORMAT:
+        raise SplitinvError(f"{path} is not a splitinv decoder checkpoint (expected format {DECODER_FORMAT}).")
+    decoder = build_decoder(tuple(obj["feature_shape"]), tuple(obj["image_shape"]), obj.get("width"))
+    decoder.load_state_dict(obj["state_dict"])
+    return decoder.eval()

@@ -1,0 +1,114 @@
+"""One run's results: metrics.json, the per-sample CSV, the reconstruction grid, and the logger (W&B or CSV).
+
+Files are written into a hidden staging folder and moved into the run folder only when all of them exist,
+metrics.json last, so a failed run never leaves a results file that a table builder would read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torchvision.utils import make_grid, save_image
+
+from splitinv import metrics
+
+METRICS_FILE = "metrics.json"
+SAMPLES_FILE = "samples.csv"
+GRID_FILE = "grid.png"
+RESULTS_FORMAT = "splitinv-results/1"
+
+
+def grid(originals: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
+    """Originals in the top row, their reconstructions below, as one (C, H, W) image in [0, 1]."""
+    n = originals.shape[0]
+    rows = torch.cat([originals.float().cpu(), reconstructions.float().cpu()]).clamp(0, 1)
+    if rows.shape[1] == 1:
+        rows = rows.repeat(1, 3, 1, 1)
+    return make_grid(rows, nrow=n, padding=2, pad_value=1.0)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN and inf become null (JSON has no NaN), tensors and numpy scalars become numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_run(
+    out_dir: str | Path,
+    record: dict[str, Any],
+    per_image: dict[str, list[float]],
+    image_grid: torch.Tensor,
+    config_yaml: str,
+    extra_files: dict[str, Callable[[Path], None]] | None = None,
+) -> Path:
+    """Write config.yaml, samples.csv, grid.png, the extra files (name -> writer) and metrics.json, atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
+    try:
+        (stage / "config.yaml").write_text(config_yaml)
+        lengths = {len(v) for v in per_image.values() if len(v)}
+        frame = pd.DataFrame({k: v for k, v in per_image.items() if len(v) == max(lengths, default=0)})
+        frame.to_csv(stage / SAMPLES_FILE, index=False)
+        save_image(image_grid, stage / GRID_FILE)
+        for name, writer in (extra_files or {}).items():
+            writer(stage / name)
+        (stage / METRICS_FILE).write_text(json.dumps(_clean(record), indent=2, sort_keys=False) + "\n")
+        names = [p.name for p in stage.iterdir()]
+        for name in sorted(names, key=lambda n: n == METRICS_FILE):  # metrics.json moves last
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return out / METRICS_FILE
+
+
+def summary(per_image: dict[str, list[float]]) -> dict[str, Any]:
+    """The contract's numbers (mean, std, n) for every scored column; null for an unavailable metric."""
+    scored = {k: v for k, v in per_image.items() if k not in ("index", "label")}
+    return metrics.summarize({k: (v if len(v) else None) for k, v in scored.items()})
+
+
+def log_to_logger(logger: Any, record: dict[str, Any], per_image: dict[str, list[float]], image: torch.Tensor) -> None:
+    """Scalars, the grid and the per-sample table to a Lightning logger (W&B gets images and tables)."""
+    if not logger:
+        return
+    scalars = {
+        f"eval/{name}": value["mean"]
+        for name, value in record.items()
+        if isinstance(value, dict) and value.get("mean") is not None
+    }
+    scalars.update({f"cost/{k}": v for k, v in record["cost"].items() if isinstance(v, (int, float))})
+    logger.log_metrics(scalars)
+    if hasattr(logger, "log_image"):
+        logger.log_image(key="reconstructions", images=[image], caption=["top: originals, bottom: reconstructions"])
+    if hasattr(logger, "log_table"):
+        frame = pd.DataFrame({k: v for k, v in per_image.items() if len(v)})
+        logger.log_table(key="samples", dataframe=frame)
+    if hasattr(logger, "experiment") and hasattr(logger.experiment, "summary"):
+        for name, value in scalars.items():
+            logger.experiment.summary[name] = value
+    logger.save()
+
+
+def finish_logger(logger: Any) -> None:
+    """End this job's W&B run, so that each job of a multirun gets its own run (pitfalls: wandb.finish)."""
+    if logger and type(logger).__name__ == "WandbLogger":
+        import wandb
+
+        wandb.finish()

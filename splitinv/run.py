@@ -1,0 +1,167 @@
+"""``splitinv-run``: one attack on one victim at one cut point, scored and written to its own folder.
+
+The Hydra app is a thin wrapper around :func:`run`, a plain function of a composed config, so notebooks and
+tests can call it with the same configs (see :func:`splitinv.config.compose`).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import splitinv
+from splitinv import metrics, results
+from splitinv.cut import cut
+from splitinv.errors import SplitinvError
+from splitinv.evaluate import evaluate
+from splitinv.victims import check_image_size
+
+log = logging.getLogger(__name__)
+
+
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, letting splitinv's one-line errors through unwrapped."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, SplitinvError):
+            raise cause from None
+        raise
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _versions() -> dict[str, str]:
+    import lightning
+    import timm
+    import torchvision
+
+    return {
+        "splitinv": splitinv.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Build the victim, cut it, fit the attack, reconstruct the evaluation set, score it, write the results.
+
+    Returns the record written to ``metrics.json`` in ``cfg.paths.output_dir``.
+    """
+    start = time.perf_counter()
+    out_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.lpips not in ("auto", "required", "off"):
+        raise SplitinvError(f"lpips={cfg.lpips!r} is not one of auto, required, off.")
+    if cfg.lpips == "required":
+        metrics.lpips_model("alex", "cpu")  # fail before any training when LPIPS cannot be computed
+
+    victim = instantiate(cfg.victim)
+    datamodule = instantiate(cfg.data)
+    check_image_size(victim, datamodule.image_size, datamodule.channels)
+    head, _tail = cut(victim, cfg.cut)
+    attack = instantiate(cfg.attack)
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger)
+    device = trainer.strategy.root_device
+    image_shape = (datamodule.channels, datamodule.image_size, datamodule.image_size)
+
+    try:
+        attack.fit(head, datamodule, trainer, image_shape)
+        victim.to(device)
+        datamodule.setup("predict")
+        ev = evaluate(victim, head, attack, datamodule.predict_dataloader(), device=device, lpips=cfg.lpips)
+        record = _record(cfg, victim, datamodule, attack, ev, device, time.perf_counter() - start)
+        image = results.grid(ev.originals, ev.reconstructions)
+        extra = {"decoder.pt": attack.save} if getattr(attack, "decoder", None) is not None else {}
+        if trainer.is_global_zero:
+            results.write_run(
+                out_dir, record, ev.per_image, image, OmegaConf.to_yaml(cfg, resolve=True), extra_files=extra
+            )
+            results.log_to_logger(logger, record, ev.per_image, image)
+    finally:
+        results.finish_logger(logger)
+    return record
+
+
+def _record(
+    cfg: DictConfig, victim: Any, datamodule: Any, attack: Any, ev: Any, device: torch.device, seconds: float
+) -> dict[str, Any]:
+    """The flat row a table builder reads: metric summaries and identifying config values at the top."""
+    warnings_ = []
+    if victim.weights == "random":
+        warnings_.append(f"victim {victim.name} has RANDOM weights: not a trained network")
+    if not ev.per_image.get("lpips"):
+        warnings_.append("LPIPS unavailable (backbone weights not cached): reported as null")
+    train = getattr(attack, "train_stats", {}) or {}
+    return {
+        "format": results.RESULTS_FORMAT,
+        "status": "ok",
+        **results.summary(ev.per_image),
+        "victim": victim.name,
+        "weights": victim.weights,
+        "cut": cfg.cut,
+        "attack": attack.name,
+        "data": datamodule.name,
+        "seed": int(cfg.seed),
+        "access": attack.knowledge.access,
+        "aux_data": attack.knowledge.aux_data,
+        "n_eval": ev.images,
+        "details": {
+            "victim": victim.describe(),
+            "attack": attack.describe(),
+            "data": datamodule.describe(),
+        },
+        "cost": {
+            "wall_time_s": seconds,
+            "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+            "precision": str(cfg.trainer.get("precision", "32-true")),
+            "train_images_per_s": train.get("train_images_per_s"),
+            "train_steps": train.get("train_steps"),
+            "attack_images_per_s": ev.images_per_s,
+            "steps_per_image": getattr(attack, "steps_per_image", 0),
+            "peak_memory_mb": _peak_memory_mb(device),
+        },
+        "contract": metrics.CONTRACT,
+        "warnings": warnings_,
+        "versions": _versions(),
+    }
+
+
+@hydra.main(version_base="1.3", config_path="pkg://splitinv.conf", config_name="run")
+def _hydra_main(cfg: DictConfig) -> None:
+    record = run(cfg)
+    names = ("lpips", "ssim", "psnr")
+    summary = ", ".join(
+        f"{n} {record[n]['mean']:.4f}" if record.get(n) else f"{n} n/a" for n in names
+    )
+    log.info("%s %s @ %s: %s -> %s", record["attack"], record["victim"], record["cut"], summary, cfg.paths.output_dir)
+
+
+def main() -> None:
+    """Console entry point: bad input ends with one line on stderr and exit status 2."""
+    try:
+        _hydra_main()
+    except SplitinvError as err:
+        print(f"splitinv-run: error: {err}", file=sys.stderr)
+        sys.exit(2)
