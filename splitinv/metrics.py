@@ -405,7 +405,7 @@ def _device_key(device: torch.device | str) -> torch.device:
     return device
 
 
-def lpips_model(net: str = "vgg", device: torch.device | str = "cpu") -> LPIPSLoss:
+def lpips_model(net: str, device: torch.device | str = "cpu") -> LPIPSLoss:
     """The cached, frozen :class:`LPIPSLoss` for ``net`` on ``device`` (e.g. LPIPS-vgg as a training loss).
 
     Raises :class:`LPIPSUnavailable` when the backbone weights are not cached and cannot be downloaded.
@@ -524,7 +524,7 @@ def label_agreement(logits_hat: Tensor, logits: Tensor) -> Tensor:
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Per image 1.0 where top-1 of ``logits`` (B, K) equals the integer label (B,), else 0.0 (float32 (B,))."""
+    """Per image 1.0 where top-1 of ``logits`` (B, K) equals the integer label (B,), else 0.0 (float32)."""
     logits = _check_logits(logits, "logits")
     if (
         not isinstance(labels, Tensor)

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import splitinv
 from splitinv import metrics, results
-from splitinv.cut import cut
+from splitinv.cut import cut, describe_cut_points
 from splitinv.errors import SplitinvError
 from splitinv.evaluate import evaluate
 from splitinv.victims import check_image_size
@@ -80,6 +80,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     check_image_size(victim, datamodule.image_size, datamodule.channels)
     head, _tail = cut(victim, cfg.cut)
+    cut_info = _cut_info(victim, cfg.cut, datamodule.image_size)
     attack = instantiate(cfg.attack)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger)
@@ -92,6 +93,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         datamodule.setup("predict")
         ev = evaluate(victim, head, attack, datamodule.predict_dataloader(), device=device, lpips=cfg.lpips)
         record = _record(cfg, victim, datamodule, attack, ev, device, time.perf_counter() - start)
+        record["details"]["cut"] = cut_info
         image = results.grid(ev.originals, ev.reconstructions)
         extra = {"decoder.pt": attack.save} if getattr(attack, "decoder", None) is not None else {}
         if trainer.is_global_zero:
@@ -102,6 +104,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         results.finish_logger(logger)
     return record
+
+
+def _cut_info(victim: Any, point: str, image_size: int) -> dict[str, Any]:
+    """Where the cut sits: its index among the victim's cut points, relative depth in [0, 1], and shape."""
+    points = describe_cut_points(victim, image_size=image_size)
+    match = next((p for p in points if point == p.name or point in p.aliases), None)
+    if match is None:  # a valid but unlisted node name: no depth to report
+        return {"name": point, "index": None, "n_points": len(points), "relative_depth": None, "shape": None}
+    return {
+        "name": point,
+        "canonical": match.name,
+        "index": match.index,
+        "n_points": len(points),
+        "relative_depth": match.index / max(1, len(points) - 1),
+        "shape": list(match.shape) if match.shape else None,
+    }
 
 
 def _record(
@@ -150,18 +168,17 @@ def _record(
 
 @hydra.main(version_base="1.3", config_path="pkg://splitinv.conf", config_name="run")
 def _hydra_main(cfg: DictConfig) -> None:
-    record = run(cfg)
-    names = ("lpips", "ssim", "psnr")
+    try:
+        record = run(cfg)
+    except SplitinvError as err:  # one line, no traceback: the message says what to change
+        print(f"splitinv-run: error: {err}", file=sys.stderr)
+        sys.exit(2)
     summary = ", ".join(
-        f"{n} {record[n]['mean']:.4f}" if record.get(n) else f"{n} n/a" for n in names
+        f"{n} {record[n]['mean']:.4f}" if record.get(n) else f"{n} n/a" for n in ("lpips", "ssim", "psnr")
     )
     log.info("%s %s @ %s: %s -> %s", record["attack"], record["victim"], record["cut"], summary, cfg.paths.output_dir)
 
 
 def main() -> None:
-    """Console entry point: bad input ends with one line on stderr and exit status 2."""
-    try:
-        _hydra_main()
-    except SplitinvError as err:
-        print(f"splitinv-run: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    """Console entry point (`splitinv-run`)."""
+    _hydra_main()

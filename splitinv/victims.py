@@ -97,7 +97,7 @@ def torchvision_names() -> list[str]:
 
 def available_victims() -> list[str]:
     """Every name :func:`build_victim` accepts (torchvision's classifiers, then timm's models)."""
-    return torchvision_names() + sorted(timm.list_models())
+    return sorted(set(torchvision_names()) | set(timm.list_models()))
 
 
 def _resolve_family(name: str) -> tuple[str, str]:
@@ -111,7 +111,8 @@ def _resolve_family(name: str) -> tuple[str, str]:
     elif timm.is_model(name):
         family = "timm"
     else:
-        close = difflib.get_close_matches(name, available_victims(), n=3, cutoff=0.6)
+        # a name known to both libraries is listed twice: suggest it once
+        close = difflib.get_close_matches(name, list(dict.fromkeys(available_victims())), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise SplitinvError(
             f"unknown victim {name!r}: not a torchvision classifier nor a timm model.{hint} "
@@ -163,9 +164,10 @@ def _timm_imagenet(name: str, num_classes: int | None, kwargs: dict) -> tuple[nn
         model = timm.create_model(name, pretrained=True, **kwargs)
     except (urllib.error.URLError, OSError, RuntimeError) as err:
         cfg = timm.models.get_pretrained_cfg(name)
-        where = (
-            f"the Hugging Face cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')}/hub, repo "
-            f"{cfg.hf_hub_id})"
+        from huggingface_hub import constants as hf_constants  # a timm dependency
+
+        where = (  # the folder huggingface_hub looks in (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/...)
+            f"the Hugging Face cache ({hf_constants.HF_HUB_CACHE}, repo {cfg.hf_hub_id})"
             if cfg is not None and cfg.hf_hub_id
             else f"{_cache_dir()}"
         )
@@ -281,18 +283,21 @@ def build_victim(
             mean, std = tuple(obj["mean"]), tuple(obj["std"])
             default_size = obj["image_size"]
             state = obj["state_dict"]
+            # ViTs' position embeddings depend on the size they were built for: build for the checkpoint's
+            # (a no-op when image_size was passed, or for CNNs)
+            model_kwargs = _size_kwargs(family, name, default_size, model_kwargs)
         elif "state_dict" in obj and isinstance(obj["state_dict"], dict):
             state = obj["state_dict"]
         model = _build_random(family, name, num_classes, model_kwargs)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        mismatched = [
-            k for k, v in state.items() if k in model.state_dict() and model.state_dict()[k].shape != v.shape
-        ]
+        own = model.state_dict()
+        mismatched = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k].shape]
+        # load_state_dict raises a multi-line RuntimeError on a shape mismatch even with strict=False
+        missing, unexpected = ([], []) if mismatched else model.load_state_dict(state, strict=False)
         if missing or unexpected or mismatched:
             raise SplitinvError(
                 f"weights {path} do not fit {name} (missing {len(missing)}, unexpected {len(unexpected)}, "
-                f"first: {(list(missing) + list(unexpected))[:2]}): is it a {name} checkpoint, with the right "
-                "num_classes?"
+                f"wrong shape {len(mismatched)}, first: {[*mismatched, *missing, *unexpected][:2]}): is it a "
+                f"{name} checkpoint, with the right num_classes?"
             )
         weights_desc = str(path)
     model.eval()

@@ -1,0 +1,205 @@
+"""Sweep folder -> tables: every job's metrics.json (one flat row each) gathered, grouped and formatted.
+
+A job folder without metrics.json (it failed, or has not run yet) is a row with status ``failed`` or
+``missing``; tables show it as such instead of dropping it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from splitinv.errors import SplitinvError
+from splitinv.metrics import DIRECTION
+from splitinv.results import METRICS_FILE
+
+FAILED_FILE = "failed.json"
+KEYS = ("victim", "weights", "cut", "attack", "data", "seed", "access", "aux_data")
+LABELS = {
+    "lpips": "LPIPS",
+    "ssim": "SSIM",
+    "psnr": "PSNR",
+    "feature_error": "feat. err.",
+    "label_agreement": "label agr.",
+    "recognisable": "SSIM≥0.3",
+    "accuracy_hat": "acc.",
+}
+
+
+def _job_row_from_config(job: Path) -> dict[str, Any]:
+    """Identifying keys of a job that wrote no metrics.json, from the config Hydra saved for it."""
+    cfg_file = job / ".hydra" / "config.yaml"
+    cfg = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else {}
+    victim = cfg.get("victim") or {}
+    attack = cfg.get("attack") or {}
+    data = cfg.get("data") or {}
+    target = str(data.get("_target_", ""))
+    return {
+        "victim": victim.get("name"),
+        "weights": victim.get("weights"),
+        "cut": cfg.get("cut"),
+        "attack": attack.get("name"),
+        "data": target.rsplit(".", 1)[-1].replace("DataModule", "").lower() or None,
+        "seed": cfg.get("seed"),
+    }
+
+
+def collect(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per job below ``sweep_dir``: the keys in :data:`KEYS`, status, cut depth and metric means/stds."""
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise SplitinvError(f"{root} is not a folder: pass a run or sweep folder written by splitinv-run.")
+    rows: list[dict[str, Any]] = []
+    seen: set[Path] = set()
+    for path in sorted(root.rglob(METRICS_FILE)):
+        rec = json.loads(path.read_text())
+        if "format" not in rec or not str(rec["format"]).startswith("splitinv-results"):
+            continue
+        seen.add(path.parent)
+        row = {k: rec.get(k) for k in KEYS}
+        cut_info = (rec.get("details") or {}).get("cut") or {}
+        row.update(status=rec.get("status", "ok"), job=str(path.parent.relative_to(root)), error=None)
+        row.update(cut_index=cut_info.get("index"), cut_depth=cut_info.get("relative_depth"))
+        for name in DIRECTION:
+            value = rec.get(name)
+            row[name] = value["mean"] if isinstance(value, dict) else math.nan
+            row[f"{name}_std"] = value["std"] if isinstance(value, dict) else math.nan
+        rows.append(row)
+    for hydra_dir in sorted(root.rglob(".hydra")):
+        job = hydra_dir.parent
+        if job in seen or not (hydra_dir / "config.yaml").is_file():
+            continue
+        failed = job / FAILED_FILE
+        error = json.loads(failed.read_text()).get("error") if failed.is_file() else None
+        row = _job_row_from_config(job)
+        row.update(status="failed" if failed.is_file() else "missing", job=str(job.relative_to(root)), error=error)
+        rows.append(row)
+    if not rows:
+        raise SplitinvError(f"no runs below {root}: expected job folders holding {METRICS_FILE} or .hydra/.")
+    return pd.DataFrame(rows)
+
+
+def _fmt(mean: float, std: float, n: int, digits: int) -> str:
+    if n == 0 or mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    text = f"{mean:.{digits}f}"
+    if n > 1:
+        text += f" ± {std:.{digits}f}"
+    return text
+
+
+def _digits(metric: str) -> int:
+    return 2 if metric == "psnr" else 3
+
+
+def aggregate(frame: pd.DataFrame, rows: str, cols: str | None, metrics: Sequence[str]) -> pd.DataFrame:
+    """Mean and std over seeds (and any other unlisted key) per (rows, cols) cell, with run counts."""
+    for key in [rows, cols] if cols else [rows]:
+        if key not in frame.columns:
+            raise SplitinvError(f"unknown table key {key!r}: use one of {', '.join(KEYS)}.")
+    unknown = [m for m in metrics if m not in DIRECTION]
+    if unknown:
+        raise SplitinvError(f"unknown metric {unknown[0]!r}: use some of {', '.join(DIRECTION)}.")
+    keys = [rows, cols] if cols else [rows]
+    frame = frame.copy()
+    frame[keys] = frame[keys].astype(str)
+    ok = frame[frame["status"] == "ok"]
+    out = ok.groupby(keys, sort=False)[list(metrics)].agg(["mean", "std", "count"])
+    status = frame.groupby(keys, sort=False)["status"].agg(lambda s: ",".join(sorted(set(s) - {"ok"})))
+    runs = frame.groupby(keys, sort=False)["status"].agg(lambda s: int((s == "ok").sum()))
+    out = out.reindex(status.index)
+    out[("runs", "")] = runs
+    out[("problems", "")] = status
+    depth = frame.groupby(keys, sort=False)["cut_depth"].agg("mean") if "cut_depth" in frame else None
+    if depth is not None:
+        out[("depth", "")] = depth
+    return out
+
+
+def table(
+    frame: pd.DataFrame,
+    rows: str = "cut",
+    cols: str | None = "victim",
+    metrics: Sequence[str] = ("lpips", "ssim", "psnr"),
+    fmt: str = "md",
+) -> str:
+    """A paper table: mean ± std over seeds, the best value per column marked, arrows for each direction.
+
+    fmt: ``md`` (best in **bold**), ``latex`` (booktabs, best in \\textbf), ``csv`` (plain numbers).
+    """
+    if fmt not in ("md", "latex", "csv"):
+        raise SplitinvError(f"unknown table format {fmt!r}: use md, latex or csv.")
+    agg = aggregate(frame, rows, cols, metrics)
+    if fmt == "csv":
+        flat = agg.copy()
+        flat.columns = [f"{a}_{b}" if b else a for a, b in flat.columns]
+        return flat.reset_index().to_csv(index=False)
+    row_keys = list(dict.fromkeys(agg.index.get_level_values(0)))
+    if "depth" in agg.columns and rows == "cut":
+        depth = agg[("depth", "")].groupby(level=0, sort=False).mean()
+        row_keys.sort(key=lambda r: (math.inf if pd.isna(depth.get(r)) else depth.get(r)))
+    col_keys = list(dict.fromkeys(agg.index.get_level_values(1))) if cols else [None]
+
+    def cell(r: str, c: str | None, m: str) -> tuple[str, float | None]:
+        key = (r, c) if cols else r
+        if key not in agg.index:
+            return "—", None
+        line = agg.loc[key]
+        n = int(line[(m, "count")]) if not pd.isna(line[(m, "count")]) else 0
+        problems = line[("problems", "")]
+        text = _fmt(line[(m, "mean")], line[(m, "std")], n, _digits(m))
+        if problems:
+            text = f"{text} ({problems})" if n else problems
+        return text, (line[(m, "mean")] if n else None)
+
+    best: dict[tuple[str | None, str], float] = {}
+    for c in col_keys:
+        for m in metrics:
+            values = [v for r in row_keys if (v := cell(r, c, m)[1]) is not None and not math.isnan(v)]
+            if values:
+                best[(c, m)] = min(values) if DIRECTION[m] == "lower" else max(values)
+    arrow = {"lower": ("↓", r"$\downarrow$"), "higher": ("↑", r"$\uparrow$")}
+    header = []
+    for c in col_keys:
+        for m in metrics:
+            a = arrow[DIRECTION[m]][0 if fmt == "md" else 1]
+            label = f"{LABELS.get(m, m)} {a}"
+            header.append(f"{c} {label}" if c is not None and len(col_keys) > 1 else label)
+    esc = str.maketrans({"_": r"\_", "%": r"\%", "&": r"\&", "±": r"$\pm$", "≥": r"$\geq$"})
+    body = []
+    for r in row_keys:
+        line = [r if fmt == "md" else r.translate(esc)]
+        for c in col_keys:
+            for m in metrics:
+                text, value = cell(r, c, m)
+                text = text if fmt == "md" else text.translate(esc)
+                if value is not None and best.get((c, m)) == value:
+                    text = f"**{text}**" if fmt == "md" else rf"\textbf{{{text}}}"
+                line.append(text)
+        body.append(line)
+    if fmt == "md":
+        out = ["| " + " | ".join([rows, *header]) + " |", "|" + "---|" * (len(header) + 1)]
+        out += ["| " + " | ".join(line) + " |" for line in body]
+        if cols and len(col_keys) == 1 and col_keys[0] is not None:
+            out.insert(0, f"{cols}: {col_keys[0]}\n")
+        return "\n".join(out) + "\n"
+    spec = "l" + "c" * len(header)
+    out = [r"\begin{tabular}{" + spec + "}", r"\toprule"]
+    if cols and len(col_keys) > 1:
+        groups = [rf"\multicolumn{{{len(metrics)}}}{{c}}{{{str(c).translate(esc)}}}" for c in col_keys]
+        out.append(" & " + " & ".join(groups) + r" \\")
+        starts = [2 + i * len(metrics) for i in range(len(col_keys))]
+        out.append(" ".join(rf"\cmidrule(lr){{{s}-{s + len(metrics) - 1}}}" for s in starts))
+        header = [f"{LABELS.get(m, m)} {arrow[DIRECTION[m]][1]}" for _ in col_keys for m in metrics]
+    out.append(" & ".join([rows.translate(esc), *[h.translate(esc) for h in header]]) + r" \\")
+    out.append(r"\midrule")
+    for line in body:
+        out.append(" & ".join(line) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(out) + "\n"
