@@ -6,6 +6,8 @@ tests can call it with the same configs (see :func:`splitinv.config.compose`).
 
 from __future__ import annotations
 
+import difflib
+import importlib.resources
 import logging
 import platform
 import resource
@@ -179,6 +181,37 @@ def _hydra_main(cfg: DictConfig) -> None:
     log.info("%s %s @ %s: %s -> %s", record["attack"], record["victim"], record["cut"], summary, cfg.paths.output_dir)
 
 
+def config_groups(config_module: str = "splitinv.conf") -> dict[str, list[str]]:
+    """The selectable config groups (victim, attack, data, ...) and their options."""
+    root = importlib.resources.files(config_module)
+    return {
+        d.name: sorted(p.name[: -len(".yaml")] for p in d.iterdir() if p.name.endswith(".yaml"))
+        for d in root.iterdir()
+        if d.is_dir() and d.name not in ("hydra", "paths", "__pycache__")
+    }
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """Refuse an unknown group option (``data=imagenett``) in one line, before Hydra's multi-line error."""
+    groups = config_groups()
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key not in groups or "(" in value or "*" in value or value in ("null", ""):
+            continue
+        for choice in value.split(","):
+            if choice not in groups[key]:
+                close = difflib.get_close_matches(choice, groups[key], n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise SplitinvError(
+                    f"unknown {key} {choice!r}{hint}: choose one of {', '.join(groups[key])}."
+                )
+
+
 def main() -> None:
     """Console entry point (`splitinv-run`)."""
+    try:
+        check_group_choices(sys.argv[1:])
+    except SplitinvError as err:
+        print(f"splitinv-run: error: {err}", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
