@@ -161,7 +161,7 @@ def _trace(model: nn.Module) -> _Graph:
 def _fx_traceable(model: nn.Module) -> bool:
     try:
         _trace(model)
-    except Exception as err:  # noqa: BLE001 - FX raises anything from TraceError to TypeError
+    except Exception as err:
         log.info("FX cannot trace %s (%s: %s); using forward hooks", type(model).__name__, type(err).__name__, err)
         return False
     return True

@@ -51,7 +51,7 @@ def _job_row_from_config(job: Path) -> dict[str, Any]:
 
 
 def collect(sweep_dir: str | Path) -> pd.DataFrame:
-    """One row per job below ``sweep_dir``: the keys in :data:`KEYS`, status, cut depth and metric means/stds."""
+    """One row per job below ``sweep_dir``: :data:`KEYS`, status, cut depth, metric means and stds."""
     root = Path(sweep_dir)
     if not root.is_dir():
         raise SplitinvError(f"{root} is not a folder: pass a run or sweep folder written by splitinv-run.")
@@ -78,7 +78,9 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
         failed = job / FAILED_FILE
         error = json.loads(failed.read_text()).get("error") if failed.is_file() else None
         row = _job_row_from_config(job)
-        row.update(status="failed" if failed.is_file() else "missing", job=str(job.relative_to(root)), error=error)
+        row.update(
+            status="failed" if failed.is_file() else "missing", job=str(job.relative_to(root)), error=error
+        )
         rows.append(row)
     if not rows:
         raise SplitinvError(f"no runs below {root}: expected job folders holding {METRICS_FILE} or .hydra/.")
@@ -143,7 +145,7 @@ def table(
     row_keys = list(dict.fromkeys(agg.index.get_level_values(0)))
     if "depth" in agg.columns and rows == "cut":
         depth = agg[("depth", "")].groupby(level=0, sort=False).mean()
-        row_keys.sort(key=lambda r: (math.inf if pd.isna(depth.get(r)) else depth.get(r)))
+        row_keys.sort(key=lambda r: math.inf if pd.isna(depth.get(r)) else depth.get(r))
     col_keys = list(dict.fromkeys(agg.index.get_level_values(1))) if cols else [None]
 
     def cell(r: str, c: str | None, m: str) -> tuple[str, float | None]:

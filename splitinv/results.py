@@ -57,7 +57,7 @@ def write_run(
     config_yaml: str,
     extra_files: dict[str, Callable[[Path], None]] | None = None,
 ) -> Path:
-    """Write config.yaml, samples.csv, grid.png, the extra files (name -> writer) and metrics.json, atomically."""
+    """Write config.yaml, samples.csv, grid.png, extra files (name -> writer), then metrics.json, atomically."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
@@ -84,7 +84,9 @@ def summary(per_image: dict[str, list[float]]) -> dict[str, Any]:
     return metrics.summarize({k: (v if len(v) else None) for k, v in scored.items()})
 
 
-def log_to_logger(logger: Any, record: dict[str, Any], per_image: dict[str, list[float]], image: torch.Tensor) -> None:
+def log_to_logger(
+    logger: Any, record: dict[str, Any], per_image: dict[str, list[float]], image: torch.Tensor
+) -> None:
     """Scalars, the grid and the per-sample table to a Lightning logger (W&B gets images and tables)."""
     if not logger:
         return
@@ -96,7 +98,9 @@ def log_to_logger(logger: Any, record: dict[str, Any], per_image: dict[str, list
     scalars.update({f"cost/{k}": v for k, v in record["cost"].items() if isinstance(v, (int, float))})
     logger.log_metrics(scalars)
     if hasattr(logger, "log_image"):
-        logger.log_image(key="reconstructions", images=[image], caption=["top: originals, bottom: reconstructions"])
+        logger.log_image(
+            key="reconstructions", images=[image], caption=["top: originals, bottom: reconstructions"]
+        )
     if hasattr(logger, "log_table"):
         frame = pd.DataFrame({k: v for k, v in per_image.items() if len(v)})
         logger.log_table(key="samples", dataframe=frame)

@@ -178,7 +178,14 @@ def _hydra_main(cfg: DictConfig) -> None:
     summary = ", ".join(
         f"{n} {record[n]['mean']:.4f}" if record.get(n) else f"{n} n/a" for n in ("lpips", "ssim", "psnr")
     )
-    log.info("%s %s @ %s: %s -> %s", record["attack"], record["victim"], record["cut"], summary, cfg.paths.output_dir)
+    log.info(
+        "%s %s @ %s: %s -> %s",
+        record["attack"],
+        record["victim"],
+        record["cut"],
+        summary,
+        cfg.paths.output_dir,
+    )
 
 
 def config_groups(config_module: str = "splitinv.conf") -> dict[str, list[str]]:

@@ -29,7 +29,9 @@ CHECKPOINT_NAME = "victim.pt"
 class ClassifierModule(L.LightningModule):
     """Cross-entropy training of a Victim on [0, 1] images (SGD with momentum, cosine schedule)."""
 
-    def __init__(self, victim: Victim, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4) -> None:
+    def __init__(
+        self, victim: Victim, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 5e-4
+    ) -> None:
         super().__init__()
         self.victim = victim
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
@@ -57,7 +59,10 @@ class ClassifierModule(L.LightningModule):
         steps = self.trainer.estimated_stepping_batches
         return {
             "optimizer": opt,
-            "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.OneCycleLR(opt, self.lr, steps), "interval": "step"},
+            "lr_scheduler": {
+                "scheduler": torch.optim.lr_scheduler.OneCycleLR(opt, self.lr, steps),
+                "interval": "step",
+            },
         }
 
 
@@ -84,7 +89,9 @@ def train_victim(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
     if datamodule.num_classes < 2:
-        raise SplitinvError(f"data={datamodule.name} has no class labels: train the victim on a labelled dataset.")
+        raise SplitinvError(
+            f"data={datamodule.name} has no class labels: train the victim on a labelled dataset."
+        )
     victim: Victim = instantiate(cfg.victim, num_classes=datamodule.num_classes, weights=None)
     victim.weights = "trained"
     victim.train()  # built in eval mode; Lightning does not switch modes for us

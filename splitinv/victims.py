@@ -222,7 +222,7 @@ def _load_file(path: Path) -> dict[str, Any]:
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+    except Exception as err:
         raise SplitinvError(
             f"cannot load victim weights {path} safely ({type(err).__name__}): splitinv loads only plain "
             "state_dicts and its own checkpoints (torch.load weights_only=True)."
@@ -322,7 +322,7 @@ def check_image_size(victim: nn.Module, image_size: int, channels: int = 3) -> N
     try:
         with torch.no_grad():
             victim(torch.zeros(1, channels, image_size, image_size))
-    except Exception as err:  # noqa: BLE001 - models raise anything from AssertionError to RuntimeError
+    except Exception as err:
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         name = getattr(victim, "name", type(victim).__name__)
         native = getattr(victim, "image_size", None)

@@ -10,7 +10,7 @@ import torch
 
 @pytest.fixture(autouse=True)
 def _offline_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An empty TORCH_HOME / HF_HOME per test and a torch.hub downloader that fails like an offline machine."""
+    """An empty TORCH_HOME / HF_HOME per test, and a torch.hub downloader that fails as if offline."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
     monkeypatch.setenv("HF_HOME", str(home / "hf"))

@@ -184,7 +184,7 @@ def test_imagefolder_splits(tmp_path):
     _check_images(_stack(aux)[0], 3, 16)
     assert torch.equal(x, _stack(ev)[0])  # no randomness in evaluation transforms
     assert idx == [0, 1, 2, 3] and y == [dm.samples[i][1] for i in dm.eval_ids]
-    for image, label in zip(x, y):
+    for image, label in zip(x, y, strict=False):
         if label == 1:  # grayscale PNGs
             assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])
     same = D.ImageFolderDataModule(root=tmp_path, image_size=16, n_eval=4, seed=0, n_aux=3)

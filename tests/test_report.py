@@ -12,7 +12,9 @@ from splitinv.report import collect, table
 from splitinv.results import RESULTS_FORMAT
 
 
-def _job(root: Path, name: str, victim: str, cut: str, depth: float, seed: int, ssim: float, psnr: float) -> None:
+def _job(
+    root: Path, name: str, victim: str, cut: str, depth: float, seed: int, ssim: float, psnr: float
+) -> None:
     job = root / name
     job.mkdir(parents=True)
     (job / ".hydra").mkdir()

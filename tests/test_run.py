@@ -41,7 +41,7 @@ def _run(tmp_path: Path, *overrides: str, name: str = "run") -> tuple[dict, Path
 
 
 def test_run_writes_every_result_file(tmp_path: Path) -> None:
-    record, out = _run(tmp_path)
+    _record, out = _run(tmp_path)
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("logs")) == [
         "config.yaml",
         "decoder.pt",

@@ -35,7 +35,9 @@ class Attack(ABC):
     name: str = "attack"
     knowledge: AttackerKnowledge = AttackerKnowledge()
 
-    def fit(self, head: nn.Module, datamodule: Any, trainer: Any, image_shape: tuple[int, int, int]) -> None:
+    def fit(  # noqa: B027 - optional: per-image attacks learn nothing
+        self, head: nn.Module, datamodule: Any, trainer: Any, image_shape: tuple[int, int, int]
+    ) -> None:
         """Learn from auxiliary images pushed through ``head`` (no-op for per-image attacks)."""
 
     @abstractmethod
@@ -46,5 +48,5 @@ class Attack(ABC):
         """JSON-serialisable settings of the attack, for results files."""
         return {"name": self.name, **self.knowledge.as_dict()}
 
-    def save(self, path: str) -> None:
+    def save(self, path: str) -> None:  # noqa: B027 - optional: only learned attacks save anything
         """Write what the attack learned (nothing for per-image attacks)."""

@@ -23,7 +23,7 @@ DECODER_FORMAT = "splitinv-decoder/1"
 
 
 class TokensToMap(nn.Module):
-    """(B, N, C) transformer tokens -> (B, C, g, g): drop the ``prefix`` class/register tokens, lay out the grid."""
+    """(B, N, C) tokens -> (B, C, g, g): drop the ``prefix`` class/register tokens, lay out the grid."""
 
     def __init__(self, prefix: int, grid: int) -> None:
         super().__init__()
@@ -47,7 +47,9 @@ class VectorToMap(nn.Module):
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True)
+    )
 
 
 def _up_block(cin: int, cout: int) -> nn.Sequential:
@@ -58,6 +60,7 @@ def _up_block(cin: int, cout: int) -> nn.Sequential:
         nn.LeakyReLU(0.2, inplace=True),
         _conv_block(cout, cout),
     )
+
 
 class Decoder(nn.Module):
     """Convolutional upsampling from a cut point's output to an image in [0, 1]."""
@@ -203,7 +206,9 @@ class DecoderAttack(Attack):
         self.decoder: Decoder | None = None
         self.train_stats: dict[str, float] = {}
 
-    def fit(self, head: nn.Module, datamodule: Any, trainer: L.Trainer, image_shape: tuple[int, int, int]) -> None:
+    def fit(
+        self, head: nn.Module, datamodule: Any, trainer: L.Trainer, image_shape: tuple[int, int, int]
+    ) -> None:
         if self.checkpoint:
             self.decoder = load_decoder(self.checkpoint)
             return
@@ -228,7 +233,9 @@ class DecoderAttack(Attack):
 
     def invert(self, features: torch.Tensor) -> torch.Tensor:
         if self.decoder is None:
-            raise SplitinvError("the decoder attack was not fitted: call fit() or pass attack.checkpoint=PATH.")
+            raise SplitinvError(
+                "the decoder attack was not fitted: call fit() or pass attack.checkpoint=PATH."
+            )
         self.decoder.eval()
         dev = next(self.decoder.parameters()).device
         with torch.no_grad():
@@ -259,7 +266,9 @@ def load_decoder(path: str | Path) -> Decoder:
         raise SplitinvError(f"decoder checkpoint {path} does not exist: train one with attack=decoder first.")
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict) or obj.get("format") != DECODER_FORMAT:
-        raise SplitinvError(f"{path} is not a splitinv decoder checkpoint (expected format {DECODER_FORMAT}).")
+        raise SplitinvError(
+            f"{path} is not a splitinv decoder checkpoint (expected format {DECODER_FORMAT})."
+        )
     decoder = build_decoder(tuple(obj["feature_shape"]), tuple(obj["image_shape"]), obj.get("width"))
     decoder.load_state_dict(obj["state_dict"])
     return decoder.eval()
