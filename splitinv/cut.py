@@ -162,7 +162,9 @@ def _fx_traceable(model: nn.Module) -> bool:
     try:
         _trace(model)
     except Exception as err:
-        log.info("FX cannot trace %s (%s: %s); using forward hooks", type(model).__name__, type(err).__name__, err)
+        log.info(
+            "FX cannot trace %s (%s: %s); using forward hooks", type(model).__name__, type(err).__name__, err
+        )
         return False
     return True
 
@@ -228,7 +230,7 @@ def stage_points(model: nn.Module, every: int | None = None) -> list[str]:
     if every:
         return [p.name for p in points[every - 1 :: every]]
     stages: list[str] = []
-    for point, nxt in zip(points, points[1:] + [None]):
+    for point, nxt in zip(points, [*points[1:], None], strict=False):
         if len(point.shape) != 3:
             continue
         if nxt is None or nxt.shape is None or len(nxt.shape) != 3 or nxt.shape[1:] != point.shape[1:]:
@@ -250,14 +252,18 @@ def _method(body: nn.Module, method: str) -> str:
 # Cutting
 
 
-def _unknown_point(point: str, model_name: str, traced: _Graph | None, valid_names: list[str]) -> SplitinvError:
+def _unknown_point(
+    point: str, model_name: str, traced: _Graph | None, valid_names: list[str]
+) -> SplitinvError:
     """The one-line error for a bad cut point, naming the nearest valid points."""
     if traced is not None and point in traced.names:
         node = traced.names[point]
         pos = traced.position[node]
         before = [n for n in traced.valid if traced.position[n] < pos]
         after = [n for n in traced.valid if traced.position[n] > pos]
-        near = ([traced.canonical[before[-1]]] if before else []) + ([traced.canonical[after[0]]] if after else [])
+        near = ([traced.canonical[before[-1]]] if before else []) + (
+            [traced.canonical[after[0]]] if after else []
+        )
         return SplitinvError(
             f"cut point {point!r} of {model_name} has other values crossing it (it is inside a block with a "
             f"skip connection): cut at a block boundary; nearest valid points: {', '.join(near)}."
@@ -323,7 +329,9 @@ def _fx_tail(traced: _Graph, node: fx.Node) -> fx.GraphModule:
     cut_pos = nodes.index(cut_node)
     with graph.inserting_before(nodes[0]):
         z = graph.placeholder("z")
-    cut_node.replace_all_uses_with(z)
+        # a copy: an in-place op right after the cut (resnet's ReLU after bn1) must not write into the input
+        z_copy = graph.call_method("clone", (z,))
+    cut_node.replace_all_uses_with(z_copy)
     for n in reversed(nodes[: cut_pos + 1]):
         if n.op == "get_attr" and n.users:  # parameters used after the cut (class tokens, embeddings)
             continue
@@ -381,7 +389,8 @@ class HookTail(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         dummy = torch.full((z.shape[0], *self.input_shape), self.fill, device=z.device, dtype=z.dtype)
-        handle = self.body.get_submodule(self.module).register_forward_hook(lambda _m, _i, _o: z)
+        # a copy: in-place ops after the module (ReLU(inplace=True)) must not write into the input
+        handle = self.body.get_submodule(self.module).register_forward_hook(lambda _m, _i, _o: z.clone())
         try:
             return self.body(dummy)
         finally:
@@ -393,9 +402,12 @@ def _called_once(body: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple[str,
 
     A container whose output is its last child's output is one point: the outermost name is kept.
     """
-    calls: list[tuple[str, int]] = []
+    # keep the outputs themselves (ids of freed tensors are reused) and their version counters: a module
+    # followed by an in-place op (BN then ReLU(inplace=True), a residual `out += identity`) returns the same
+    # tensor object as its parent, but not the same values
+    calls: list[tuple[str, Any, int | None]] = []
     handles = [
-        m.register_forward_hook(lambda _m, _i, out, name=name: calls.append((name, id(out))))
+        m.register_forward_hook(lambda _m, _i, out, name=name: calls.append((name, out, _version(out))))
         for name, m in body.named_modules()
         if name
     ]
@@ -406,20 +418,29 @@ def _called_once(body: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple[str,
         for h in handles:
             h.remove()
     counts: dict[str, int] = {}
-    for name, _ in calls:
+    for name, _, _ in calls:
         counts[name] = counts.get(name, 0) + 1
     points: list[tuple[str, tuple[str, ...]]] = []
-    last_id = None
-    for name, out_id in calls:
+    last: tuple[Any, int | None] | None = None
+    for name, out, version in calls:
         if counts[name] != 1:
             continue
-        if points and out_id == last_id:  # same tensor as the previous point: the parent returning it
+        # the same, unmodified tensor as the previous point: the parent returning it
+        if points and last is not None and out is last[0] and version == last[1]:
             prev, aliases = points.pop()
             points.append((name, (*aliases, prev)))
         else:
             points.append((name, ()))
-        last_id = out_id
+        last = (out, version)
     return points
+
+
+def _version(out: Any) -> int | None:
+    """A tensor's version counter (bumped by in-place ops); None for other outputs and inference tensors."""
+    try:
+        return int(out._version) if isinstance(out, torch.Tensor) else None
+    except RuntimeError:  # inference tensors have no version counter
+        return None
 
 
 def _hook_valid(body: nn.Module, module: str, x: torch.Tensor) -> bool:

@@ -17,9 +17,8 @@ import yaml
 
 from splitinv.errors import SplitinvError
 from splitinv.metrics import DIRECTION
-from splitinv.results import METRICS_FILE
+from splitinv.results import FAILED_FILE, METRICS_FILE
 
-FAILED_FILE = "failed.json"
 KEYS = ("victim", "weights", "cut", "attack", "data", "seed", "access", "aux_data")
 LABELS = {
     "lpips": "LPIPS",

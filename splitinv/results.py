@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import tempfile
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from splitinv import metrics
 METRICS_FILE = "metrics.json"
 SAMPLES_FILE = "samples.csv"
 GRID_FILE = "grid.png"
+FAILED_FILE = "failed.json"
 RESULTS_FORMAT = "splitinv-results/1"
 
 
@@ -57,7 +59,7 @@ def write_run(
     config_yaml: str,
     extra_files: dict[str, Callable[[Path], None]] | None = None,
 ) -> Path:
-    """Write config.yaml, samples.csv, grid.png, extra files (name -> writer), then metrics.json, atomically."""
+    """Write config.yaml, samples.csv, grid.png, extra files (name -> writer), then metrics.json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
@@ -73,9 +75,43 @@ def write_run(
         names = [p.name for p in stage.iterdir()]
         for name in sorted(names, key=lambda n: n == METRICS_FILE):  # metrics.json moves last
             os.replace(stage / name, out / name)
+        (out / FAILED_FILE).unlink(missing_ok=True)  # an earlier failure of this job is superseded
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return out / METRICS_FILE
+
+
+def existing(out_dir: str | Path, config_hash: str) -> dict[str, Any] | None:
+    """The finished record in ``out_dir`` when it was made from the same config (for resumed sweeps)."""
+    path = Path(out_dir) / METRICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if record.get("status") == "ok" and record.get("config_hash") == config_hash:
+        return record
+    return None
+
+
+def write_failure(out_dir: str | Path, err: BaseException) -> Path:
+    """Record a failed job as failed.json (error and traceback): tables show it instead of dropping it."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(
+        {
+            "status": "failed",
+            "error": f"{type(err).__name__}: {err}".splitlines()[0],
+            "traceback": "".join(traceback.format_exception(err)),
+        },
+        indent=2,
+    )
+    fd, tmp = tempfile.mkstemp(prefix=".failed-", dir=out)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    os.replace(tmp, out / FAILED_FILE)
+    return out / FAILED_FILE
 
 
 def summary(per_image: dict[str, list[float]]) -> dict[str, Any]:

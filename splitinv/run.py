@@ -7,7 +7,9 @@ tests can call it with the same configs (see :func:`splitinv.config.compose`).
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib.resources
+import json
 import logging
 import platform
 import resource
@@ -19,7 +21,9 @@ from typing import Any
 import hydra
 import lightning.pytorch as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -72,6 +76,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     start = time.perf_counter()
     out_dir = Path(cfg.paths.output_dir)
+    key = config_hash(cfg)
+    done = results.existing(out_dir, key) if cfg.get("skip_done", True) else None
+    if done is not None:
+        log.info("results for this config already in %s: skipping (skip_done=false reruns)", out_dir)
+        return done
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.lpips not in ("auto", "required", "off"):
         raise SplitinvError(f"lpips={cfg.lpips!r} is not one of auto, required, off.")
@@ -84,7 +93,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     head, _tail = cut(victim, cfg.cut)
     cut_info = _cut_info(victim, cfg.cut, datamodule.image_size)
     attack = instantiate(cfg.attack)
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    logger = instantiate(cfg.logger, **_logger_group(cfg)) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger)
     device = trainer.strategy.root_device
     image_shape = (datamodule.channels, datamodule.image_size, datamodule.image_size)
@@ -96,6 +105,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ev = evaluate(victim, head, attack, datamodule.predict_dataloader(), device=device, lpips=cfg.lpips)
         record = _record(cfg, victim, datamodule, attack, ev, device, time.perf_counter() - start)
         record["details"]["cut"] = cut_info
+        record["config_hash"] = key
         image = results.grid(ev.originals, ev.reconstructions)
         extra = {"decoder.pt": attack.save} if getattr(attack, "decoder", None) is not None else {}
         if trainer.is_global_zero:
@@ -106,6 +116,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         results.finish_logger(logger)
     return record
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A hash of what decides the numbers (not where a run writes or logs); finished jobs skip by it."""
+    resolved = OmegaConf.to_container(cfg, resolve=False)
+    for volatile in ("paths", "logger", "hydra", "skip_done", "sweep_name"):
+        resolved.pop(volatile, None)
+    trainer = resolved.get("trainer") or {}
+    for volatile in ("enable_progress_bar", "default_root_dir", "log_every_n_steps"):
+        trainer.pop(volatile, None)
+    text = json.dumps(resolved, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _logger_group(cfg: DictConfig) -> dict[str, Any]:
+    """W&B runs of one sweep share a group: sweep_name, or the sweep folder's name in a multirun."""
+    if not str(cfg.logger.get("_target_", "")).endswith("WandbLogger") or cfg.logger.get("group"):
+        return {}
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return {"group": Path(HydraConfig.get().sweep.dir).name}
+    return {}
 
 
 def _cut_info(victim: Any, point: str, image_size: int) -> dict[str, Any]:
@@ -170,11 +201,20 @@ def _record(
 
 @hydra.main(version_base="1.3", config_path="pkg://splitinv.conf", config_name="run")
 def _hydra_main(cfg: DictConfig) -> None:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         record = run(cfg)
-    except SplitinvError as err:  # one line, no traceback: the message says what to change
-        print(f"splitinv-run: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as err:
+        results.write_failure(Path(cfg.paths.output_dir), err)
+        if isinstance(err, SplitinvError):  # one line, no traceback: the message says what to change
+            print(f"splitinv-run: error: {err}", file=sys.stderr)
+            if not multirun:
+                sys.exit(2)
+        elif not multirun:
+            raise
+        else:
+            log.error("job failed (%s: %s); the sweep goes on", type(err).__name__, err)
+        return
     summary = ", ".join(
         f"{n} {record[n]['mean']:.4f}" if record.get(n) else f"{n} n/a" for n in ("lpips", "ssim", "psnr")
     )

@@ -111,8 +111,7 @@ def _resolve_family(name: str) -> tuple[str, str]:
     elif timm.is_model(name):
         family = "timm"
     else:
-        # a name known to both libraries is listed twice: suggest it once
-        close = difflib.get_close_matches(name, list(dict.fromkeys(available_victims())), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(name, available_victims(), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise SplitinvError(
             f"unknown victim {name!r}: not a torchvision classifier nor a timm model.{hint} "
@@ -138,14 +137,22 @@ def _torchvision_imagenet(name: str, num_classes: int | None, kwargs: dict) -> t
         )
     model = torchvision.models.get_model(name, weights=None, **kwargs)
     filename = os.path.basename(weights.url)
+    cached = _cache_dir() / filename
     try:
         state = weights.get_state_dict(progress=True, map_location="cpu", weights_only=True)
-    except (urllib.error.URLError, OSError, RuntimeError) as err:
+        model.load_state_dict(state)
+    except Exception as err:
+        if cached.is_file():  # a truncated download, or a wrong file put there by hand
+            raise SplitinvError(
+                f"the cached ImageNet weights {cached} do not load into {name} ({type(err).__name__}): "
+                "delete or replace that file."
+            ) from err
+        if not isinstance(err, (urllib.error.URLError, OSError, RuntimeError)):
+            raise
         raise SplitinvError(
             f"ImageNet weights for {name} are not cached and could not be downloaded ({type(err).__name__}): "
             f"put {filename} into {_cache_dir()} (or set TORCH_HOME), or run once online."
         ) from err
-    model.load_state_dict(state)
     transform = weights.transforms()
     meta = {
         "mean": tuple(transform.mean),
@@ -268,7 +275,12 @@ def build_victim(
     elif str(weights).lower() == "imagenet":
         load = _torchvision_imagenet if family == "torchvision" else _timm_imagenet
         model, meta = load(name, num_classes, model_kwargs)
-        mean, std, default_size, num_classes = meta["mean"], meta["std"], meta["image_size"], meta["num_classes"]
+        mean, std, default_size, num_classes = (
+            meta["mean"],
+            meta["std"],
+            meta["image_size"],
+            meta["num_classes"],
+        )
         weights_desc = "imagenet"
     else:
         path = Path(weights).expanduser()
@@ -277,7 +289,8 @@ def build_victim(
         if obj.get("format") == CHECKPOINT_FORMAT:
             if obj["name"] != name:
                 raise SplitinvError(
-                    f"checkpoint {path} holds a {obj['name']} victim, not {name}: set victim.name={obj['name']}."
+                    f"checkpoint {path} holds a {obj['name']} victim, not {name}: "
+                    f"set victim.name={obj['name']}"
                 )
             num_classes = num_classes or obj["num_classes"]
             mean, std = tuple(obj["mean"]), tuple(obj["std"])
@@ -327,6 +340,8 @@ def check_image_size(victim: nn.Module, image_size: int, channels: int = 3) -> N
         name = getattr(victim, "name", type(victim).__name__)
         native = getattr(victim, "image_size", None)
         hint = f" (it was built for {native} px; set victim.image_size)" if native else ""
-        raise SplitinvError(f"victim {name} cannot take {image_size}x{image_size} images: {first}{hint}") from err
+        raise SplitinvError(
+            f"victim {name} cannot take {image_size}x{image_size} images: {first}{hint}"
+        ) from err
     finally:
         victim.train(was_training)

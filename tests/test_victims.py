@@ -24,6 +24,15 @@ CONFIGS = sorted(CONF.glob("*.yaml"))
 RANDOM = pytest.mark.filterwarnings("ignore:victim .* has RANDOM weights:UserWarning")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small CPU models on a shared 2-core machine: one intra-op thread is many times faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def offline_caches(tmp_path, monkeypatch):
     """Every test gets empty torch and Hugging Face caches under tmp_path, and no network at all."""
@@ -196,6 +205,27 @@ def test_torchvision_imagenet_offline_without_cache_names_file_and_folder(offlin
     assert filename in message
     assert str(offline_caches / "torch" / "hub" / "checkpoints") in message
     assert isinstance(excinfo.value.__cause__, urllib.error.URLError)
+
+
+@pytest.mark.parametrize("content", ["garbage", "ten classes"])
+def test_torchvision_imagenet_bad_cached_file(offline_caches, content):
+    """A truncated download or a wrong file in the cache: a one-line error naming the file."""
+    path = (
+        offline_caches
+        / "torch"
+        / "hub"
+        / "checkpoints"
+        / os.path.basename(torchvision.models.ResNet18_Weights.DEFAULT.url)
+    )
+    path.parent.mkdir(parents=True)
+    if content == "garbage":
+        path.write_bytes(b"not a checkpoint")
+    else:
+        torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), path)
+    with pytest.raises(SplitinvError) as excinfo:
+        build_victim("resnet18", "imagenet")
+    message = _one_line_error(excinfo)
+    assert str(path) in message and "delete or replace" in message
 
 
 def test_torchvision_imagenet_refuses_other_num_classes():

@@ -141,7 +141,9 @@ class DecoderModule(L.LightningModule):
         return self
 
     def features(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images, head features) of a batch; a feature cache can stand in for the head here."""
+        """(images, head features) of a batch: from the head, or precomputed (a feature cache)."""
+        if isinstance(batch, dict):
+            return batch["image"].float(), batch["features"].float()
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         with torch.no_grad():
             return x, self.head(x)
@@ -214,10 +216,14 @@ class DecoderAttack(Attack):
             return
         datamodule.setup("fit")
         loader = datamodule.train_dataloader()
-        x = next(iter(loader))[0][:2]
-        head.eval()
-        with torch.no_grad():
-            feature_shape = tuple(head(x.to(next(iter(head.parameters())).device)).shape[1:])
+        first = next(iter(loader))
+        if isinstance(first, dict):  # cached features
+            feature_shape = tuple(first["features"].shape[1:])
+        else:
+            head.eval()
+            with torch.no_grad():
+                device = next(iter(head.parameters())).device
+                feature_shape = tuple(head(first[0][:2].to(device)).shape[1:])
         self.decoder = build_decoder(feature_shape, image_shape, self.settings["width"])
         module = DecoderModule(head, self.decoder, **{k: v for k, v in self.settings.items() if k != "width"})
         start = time.perf_counter()
