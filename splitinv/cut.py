@@ -223,19 +223,76 @@ def describe_cut_points(
     return points
 
 
+def _blocks(model: nn.Module, listed: set[str]) -> list[str]:
+    """The repeated blocks of a transformer: the children of the container with most same-type children."""
+    body, _ = _body(model)
+    best: list[str] = []
+    for name, module in body.named_modules():
+        if not isinstance(module, (nn.Sequential, nn.ModuleList)):
+            continue
+        children = list(module.named_children())
+        kinds = [type(m) for _, m in children]
+        common = max(set(kinds), key=kinds.count) if kinds else None
+        names = [f"{name}.{child}" if name else child for child, m in children if type(m) is common]
+        if len(names) >= 4 and len(names) > len(best) and all(n in listed for n in names):
+            best = names
+    return best
+
+
 def stage_points(model: nn.Module, every: int | None = None) -> list[str]:
-    """Stage boundaries: the last cut point at each feature-map resolution (CNNs), or every ``every``-th
-    point at constant token shape (ViTs). Used to ask for a split-point sweep without typing layer names."""
+    """Cut points for a split-point sweep, without typing layer names.
+
+    CNNs: stage boundaries, the last point at each feature-map resolution (among the shallowest module paths
+    there, so ``layer1`` rather than a conv inside the next block). Transformers (token outputs): every
+    block. ``every=k`` keeps every k-th of those (CNNs: every k-th listed cut point instead).
+    """
     points = [p for p in describe_cut_points(model) if p.shape is not None]
+    shapes = {n: p.shape for p in points for n in (p.name, *p.aliases)}
+    blocks = _blocks(model, set(shapes))
+    if blocks and all(len(shapes[b]) == 2 for b in blocks):  # tokens: the transformer blocks
+        return blocks[every - 1 :: every] if every else blocks
+    maps = [p for p in points if len(p.shape) == 3]
     if every:
         return [p.name for p in points[every - 1 :: every]]
-    stages: list[str] = []
-    for point, nxt in zip(points, [*points[1:], None], strict=False):
-        if len(point.shape) != 3:
-            continue
-        if nxt is None or nxt.shape is None or len(nxt.shape) != 3 or nxt.shape[1:] != point.shape[1:]:
-            stages.append(point.name)
-    return stages
+    by_size: dict[tuple[int, ...], list[CutPoint]] = {}
+    for p in maps:
+        by_size.setdefault(tuple(p.shape[1:]), []).append(p)
+    stages = []
+    for group in by_size.values():
+        shallowest = min(p.name.count(".") for p in group)
+        stages.append([p for p in group if p.name.count(".") == shallowest][-1])
+    return [p.name for p in sorted(stages, key=lambda p: p.index)]
+
+
+def resolve_point(model: nn.Module, spec: str) -> str:
+    """A cut point from a name or a victim-relative spec, so one sweep can span architectures.
+
+    ``stage:K`` (the K-th of :func:`stage_points`, from 1), ``depth:F`` (the listed point nearest to relative
+    depth F in [0, 1]), ``index:K`` (the K-th listed point, from 0); anything else is a name, returned as is.
+    """
+    kind, sep, value = str(spec).partition(":")
+    if not sep or kind not in ("stage", "depth", "index"):
+        return str(spec)
+    name = getattr(model, "name", type(model).__name__)
+    try:
+        number = float(value) if kind == "depth" else int(value)
+    except ValueError:
+        raise SplitinvError(f"cut={spec!r}: {kind}: takes a number, e.g. cut={kind}:2") from None
+    if kind == "stage":
+        stages = stage_points(model)
+        if not 1 <= number <= len(stages):
+            raise SplitinvError(f"cut={spec!r}: {name} has {len(stages)} stages (1..{len(stages)}): {stages}")
+        return stages[int(number) - 1]
+    points = cut_points(model)
+    if kind == "index":
+        if not 0 <= number < len(points):
+            raise SplitinvError(
+                f"cut={spec!r}: {name} has {len(points)} cut points (index 0..{len(points) - 1})"
+            )
+        return points[int(number)]
+    if not 0 <= number <= 1:
+        raise SplitinvError(f"cut={spec!r}: depth is a fraction between 0 and 1")
+    return points[round(number * (len(points) - 1))]
 
 
 def _method(body: nn.Module, method: str) -> str:
@@ -302,6 +359,77 @@ def cut(model: nn.Module, point: str, method: str = "auto") -> tuple[nn.Module, 
     head.train(model.training)
     tail.train(model.training)
     return head, tail
+
+
+class _Outputs(nn.Module):
+    """Several cut points' activations from one forward pass, as a dict name -> tensor."""
+
+    def __init__(self, normalize: nn.Module | None, body: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.normalize, self.body, self.names = normalize, body, names
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.normalize is not None:
+            x = self.normalize(x)
+        return dict(zip(self.names, self.body(x), strict=True))
+
+
+class _HookOutputs(nn.Module):
+    """The forward-hook version of :class:`_Outputs` (stops after the deepest point)."""
+
+    def __init__(self, normalize: nn.Module | None, body: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.normalize, self.body, self.names = normalize, body, names
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.normalize is not None:
+            x = self.normalize(x)
+        found: dict[str, torch.Tensor] = {}
+
+        def keep(name: str) -> Any:
+            def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+                found[name] = out.clone()
+                if len(found) == len(self.names):
+                    raise _Stop(out)
+
+            return hook
+
+        handles = [self.body.get_submodule(n).register_forward_hook(keep(n)) for n in self.names]
+        try:
+            self.body(x)
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return {n: found[n] for n in self.names}
+
+
+def extractor(model: nn.Module, points: list[str], method: str = "auto") -> nn.Module:
+    """A module returning ``{point: head_point(x)}`` for several cut points in ONE forward pass.
+
+    Every point is checked like :func:`cut` (an invalid one raises); the layers after the deepest point are
+    not run. Used to cache the activations of a split-point sweep.
+    """
+    body, normalize = _body(model)
+    method = _method(body, method)
+    for point in points:  # the same validation and messages as cut()
+        cut(model, point, method=method)
+    if method == "hooks":
+        return _HookOutputs(normalize, body, list(points))
+    traced = _trace(body)
+    graph, val_map = _copy_graph(traced.graph)
+    wanted = [val_map[traced.names[p]] for p in points]
+    nodes = list(graph.nodes)
+    last = max(nodes.index(n) for n in wanted)
+    for n in reversed(nodes[last + 1 :]):
+        graph.erase_node(n)
+    copies = []
+    for n in wanted:  # copied at once: a later in-place op (BN then ReLU(inplace=True)) must not change it
+        with graph.inserting_after(n):
+            copies.append(graph.call_method("clone", (n,)))
+    graph.output(tuple(copies))
+    return _Outputs(normalize, _module(traced.model, graph, "Extractor"), list(points))
 
 
 def _copy_graph(graph: fx.Graph) -> tuple[fx.Graph, dict[fx.Node, fx.Node]]:

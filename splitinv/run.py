@@ -99,7 +99,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     image_shape = (datamodule.channels, datamodule.image_size, datamodule.image_size)
 
     try:
-        attack.fit(head, datamodule, trainer, image_shape)
+        attack.fit(head, _fit_data(cfg, victim, datamodule, attack), trainer, image_shape)
         victim.to(device)
         datamodule.setup("predict")
         ev = evaluate(victim, head, attack, datamodule.predict_dataloader(), device=device, lpips=cfg.lpips)
@@ -116,6 +116,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         results.finish_logger(logger)
     return record
+
+
+def _fit_data(cfg: DictConfig, victim: Any, datamodule: Any, attack: Any) -> Any:
+    """What a learned attack trains on: the datamodule, or its cached activations when cache.enabled."""
+    cache_cfg = cfg.get("cache") or {}
+    if not cache_cfg.get("enabled") or not getattr(attack, "uses_features", False):
+        return datamodule
+    from splitinv.cut import stage_points
+    from splitinv.features import CachedFeatureData, FeatureCache
+
+    points = cache_cfg.get("points")
+    if points == "stages":
+        points = stage_points(victim)
+    points = [*(points or []), cfg.cut]
+    cache = FeatureCache(
+        cache_cfg.dir, victim, datamodule, points, dtype=cache_cfg.get("dtype", "float16"), seed=cfg.seed
+    )
+    return CachedFeatureData(cache, cfg.cut, batch_size=datamodule.batch_size, seed=cfg.seed)
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -2,5 +2,17 @@
 
 from splitinv.attacks.base import Attack, AttackerKnowledge
 from splitinv.attacks.decoder import DecoderAttack, build_decoder
+from splitinv.attacks.hybrid import HybridAttack
+from splitinv.attacks.optimize import OptimizationAttack, OptimizeSettings
+from splitinv.attacks.priors import BNStatsPrior
 
-__all__ = ["Attack", "AttackerKnowledge", "DecoderAttack", "build_decoder"]
+__all__ = [
+    "Attack",
+    "AttackerKnowledge",
+    "BNStatsPrior",
+    "DecoderAttack",
+    "HybridAttack",
+    "OptimizationAttack",
+    "OptimizeSettings",
+    "build_decoder",
+]

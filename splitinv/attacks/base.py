@@ -34,6 +34,12 @@ class Attack(ABC):
 
     name: str = "attack"
     knowledge: AttackerKnowledge = AttackerKnowledge()
+    # True for attacks that optimise each image on its own (white-box optimisation, hybrid): the evaluation
+    # runs them through ``trainer.predict`` with gradients on, passes each image's evaluation index to
+    # ``invert`` (per-image seeding) and keeps per-image results so that a re-run skips finished images.
+    per_image: bool = False
+    # Where the cut sits (name, index, n_points, relative_depth, shape), set by the run before ``fit``.
+    cut_info: dict[str, Any] | None = None
 
     def fit(  # noqa: B027 - optional: per-image attacks learn nothing
         self, head: nn.Module, datamodule: Any, trainer: Any, image_shape: tuple[int, int, int]
@@ -41,8 +47,12 @@ class Attack(ABC):
         """Learn from auxiliary images pushed through ``head`` (no-op for per-image attacks)."""
 
     @abstractmethod
-    def invert(self, features: torch.Tensor) -> torch.Tensor:
-        """Reconstructions in [0, 1] (B, C, H, W) of the images whose head output is ``features``."""
+    def invert(self, features: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstructions in [0, 1] (B, C, H, W) of the images whose head output is ``features``.
+
+        ``index`` (the images' evaluation indices) is passed to ``per_image`` attacks only, which seed each
+        image's random draws from (seed, index); other attacks may leave it out of their signature.
+        """
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable settings of the attack, for results files."""

@@ -181,6 +181,7 @@ class DecoderAttack(Attack):
     """Black-box inverse network: train a decoder on the head's outputs for auxiliary images."""
 
     name = "decoder"
+    uses_features = True  # trains from (image, head(image)) pairs only: a feature cache can feed it
 
     def __init__(
         self,

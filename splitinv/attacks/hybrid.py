@@ -1,0 +1,105 @@
+"""Hybrid attack (as GLASS++ and DRAG++ do): a learned decoder gives the start, optimisation refines it.
+
+The attacker queries the head with auxiliary images to train He et al.'s inverse network (or reuses a
+``decoder.pt`` written by an ``attack=decoder`` run, ``attack.decoder_checkpoint=PATH``), then, knowing the
+head's weights, runs the per-image optimisation of :mod:`splitinv.attacks.optimize` from the decoder's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from splitinv.attacks.decoder import DecoderAttack
+from splitinv.attacks.optimize import OptimizationAttack
+from splitinv.errors import SplitinvError
+
+DECODER_KEYS = ("loss", "perceptual_weight", "lr", "amsgrad", "weight_decay", "width")
+
+
+class HybridAttack(OptimizationAttack):
+    """Decoder first (trained here, or loaded from ``decoder_checkpoint``), then per-image optimisation."""
+
+    name = "hybrid"
+
+    def __init__(
+        self,
+        name: str = "hybrid",
+        decoder_checkpoint: str | None = None,
+        decoder: Mapping[str, Any] | None = None,
+        aux_data: str = "same",
+        **kwargs: Any,
+    ) -> None:
+        kwargs.pop("init", None)  # the start is the decoder's output
+        super().__init__(name=name, aux_data=aux_data, **kwargs)
+        settings = dict(decoder or {})
+        unknown = sorted(set(settings) - set(DECODER_KEYS))
+        if unknown:
+            raise SplitinvError(
+                f"unknown setting attack.decoder.{unknown[0]}: valid settings are {', '.join(DECODER_KEYS)}."
+            )
+        self.decoder_checkpoint = str(decoder_checkpoint) if decoder_checkpoint else None
+        if self.decoder_checkpoint and not Path(self.decoder_checkpoint).is_file():
+            raise SplitinvError(
+                f"attack.decoder_checkpoint {self.decoder_checkpoint} does not exist: train one with "
+                "attack=decoder first, or set attack.decoder_checkpoint=null to train it in this job."
+            )
+        self.decoder_attack = DecoderAttack(
+            **settings, aux_data=aux_data, checkpoint=self.decoder_checkpoint, name=f"{name}-decoder"
+        )
+        self.decoder: nn.Module | None = None
+        self.train_stats: dict[str, float] = {}
+
+    def fit(self, head: nn.Module, datamodule: Any, trainer: Any, image_shape: tuple[int, int, int]) -> None:
+        """Train (or load) the decoder through the head, then store the head and fix the schedule."""
+        super().fit(head, datamodule, trainer, image_shape)
+        self.decoder_attack.fit(head, datamodule, trainer, image_shape)
+        self.decoder = self.decoder_attack.decoder
+        self.train_stats = dict(self.decoder_attack.train_stats)
+        assert self.decoder is not None
+        if tuple(self.decoder.image_shape) != tuple(image_shape):
+            raise SplitinvError(
+                f"decoder {self.decoder_checkpoint} makes images of shape {tuple(self.decoder.image_shape)} "
+                f"but this run's images are {tuple(image_shape)}: use a decoder trained for this data."
+            )
+        device = next(iter(head.parameters()), torch.empty(0)).device
+        with torch.no_grad():
+            was_training = head.training
+            head.eval()
+            shape = tuple(head(torch.zeros(1, *image_shape, device=device)).shape[1:])
+            head.train(was_training)
+        if shape != tuple(self.decoder.feature_shape):
+            raise SplitinvError(
+                f"decoder {self.decoder_checkpoint} was trained on features of shape "
+                f"{tuple(self.decoder.feature_shape)} but the head at this cut gives {shape}: "
+                "use a decoder from a run at the same cut point."
+            )
+
+    def _initial(
+        self, features: Tensor, index: Tensor, shape: tuple[int, ...], device: torch.device
+    ) -> Tensor:
+        if self.decoder is None:
+            raise SplitinvError("the hybrid attack was not fitted: call fit() before invert().")
+        self.decoder.to(device)
+        return self.decoder_attack.invert(features).to(device).float()
+
+    def invert(self, features: Tensor, index: Tensor | Sequence[int] | None = None) -> Tensor:
+        """Decode, then optimise each reconstruction against the features."""
+        return super().invert(features, index)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.pop("init", None)
+        info.pop("init_value", None)
+        info["init"] = "decoder"
+        info["decoder_checkpoint"] = self.decoder_checkpoint
+        info["decoder"] = {k: v for k, v in self.decoder_attack.settings.items()}
+        return info
+
+    def save(self, path: str | Path) -> None:
+        """Write the decoder (``decoder.pt``, loadable by ``attack.decoder_checkpoint``)."""
+        self.decoder_attack.save(path)
