@@ -156,7 +156,7 @@ class _Pairs(Dataset):
 
 
 class CachedFeatureData:
-    """Stands in for a datamodule in a learned attack's ``fit``: batches of {image, features} from the cache."""
+    """Stands in for a datamodule in a learned attack's ``fit``: {image, features} batches from the cache."""
 
     def __init__(self, cache: FeatureCache, point: str, batch_size: int, seed: int = 0) -> None:
         self.cache, self.point, self.batch_size, self.seed = cache, point, batch_size, seed

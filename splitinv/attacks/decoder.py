@@ -87,7 +87,7 @@ class Decoder(nn.Module):
                 "(N, C) tokens or (C,) vectors."
             )
         ups = max(0, math.ceil(math.log2(size / side))) if side < size else 0
-        w = int(width or min(512, max(64, 32 * 2**ups)))
+        w = int(width or min(512, max(64, 32 * 2**ups), 8 * size))  # more upsampling: wider; capped by size
         layers: list[nn.Module] = [_conv_block(cin, w)]
         for _ in range(ups):
             layers.append(_up_block(w, max(32, w // 2)))
