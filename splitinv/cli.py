@@ -61,6 +61,16 @@ def _table(args: argparse.Namespace) -> None:
         print(text, end="")
 
 
+def _plot(args: argparse.Namespace) -> None:
+    from splitinv.report import collect, plot_depth, plot_reconstructions
+
+    frame = collect(args.sweep_dir)
+    out = Path(args.output or Path(args.sweep_dir) / "figures")
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    paths = plot_depth(frame, out, metrics) + plot_reconstructions(frame, args.sweep_dir, out, n=args.images)
+    print("\n".join(f"wrote {p}" for p in paths))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splitinv", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="md", choices=("md", "latex", "csv"))
     p.add_argument("--output", "-o", default=None, help="write to this file instead of printing")
     p.set_defaults(func=_table)
+
+    p = sub.add_parser("plot", help="figures of a sweep: quality against cut depth, reconstructions per cut")
+    p.add_argument("sweep_dir", help="a sweep folder written by splitinv-run -m")
+    p.add_argument("--metrics", default="lpips,ssim,psnr", help="comma-separated metric names")
+    p.add_argument(
+        "--images", type=int, default=8, help="evaluation images per row of the reconstruction grid"
+    )
+    p.add_argument("--output", "-o", default=None, help="folder for the figures (default: SWEEP_DIR/figures)")
+    p.set_defaults(func=_plot)
     return parser
 
 

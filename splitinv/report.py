@@ -19,7 +19,7 @@ from splitinv.errors import SplitinvError
 from splitinv.metrics import DIRECTION
 from splitinv.results import FAILED_FILE, METRICS_FILE
 
-KEYS = ("victim", "weights", "cut", "attack", "data", "seed", "access", "aux_data")
+KEYS = ("victim", "weights", "cut", "cut_spec", "attack", "data", "seed", "access", "aux_data")
 LABELS = {
     "lpips": "LPIPS",
     "ssim": "SSIM",
@@ -43,6 +43,7 @@ def _job_row_from_config(job: Path) -> dict[str, Any]:
         "victim": victim.get("name"),
         "weights": victim.get("weights"),
         "cut": cfg.get("cut"),
+        "cut_spec": cfg.get("cut"),
         "attack": attack.get("name"),
         "data": target.rsplit(".", 1)[-1].replace("DataModule", "").lower() or None,
         "seed": cfg.get("seed"),
@@ -142,7 +143,7 @@ def table(
         flat.columns = [f"{a}_{b}" if b else a for a, b in flat.columns]
         return flat.reset_index().to_csv(index=False)
     row_keys = list(dict.fromkeys(agg.index.get_level_values(0)))
-    if "depth" in agg.columns and rows == "cut":
+    if "depth" in agg.columns and rows in ("cut", "cut_spec"):
         depth = agg[("depth", "")].groupby(level=0, sort=False).mean()
         row_keys.sort(key=lambda r: math.inf if pd.isna(depth.get(r)) else depth.get(r))
     col_keys = list(dict.fromkeys(agg.index.get_level_values(1))) if cols else [None]
@@ -204,3 +205,112 @@ def table(
         out.append(" & ".join(line) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Figures
+
+
+def _series_keys(frame: pd.DataFrame) -> list[str]:
+    """The keys that tell curves apart: those that vary across the sweep, besides the cut point and seed."""
+    candidates = ["victim", "attack", "weights", "data", "aux_data"]
+    return [k for k in candidates if k in frame and frame[k].astype(str).nunique() > 1] or ["victim"]
+
+
+def plot_depth(
+    frame: pd.DataFrame, out_dir: str | Path, metrics: Sequence[str] = ("lpips", "ssim", "psnr")
+) -> list[Path]:
+    """Quality against relative cut depth, one curve per architecture (and attack), mean ± std over seeds.
+
+    Writes quality_vs_depth.png and .pdf into ``out_dir``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = frame[(frame["status"] == "ok") & frame["cut_depth"].notna()]
+    metrics = [m for m in metrics if m in ok and ok[m].notna().any()]
+    if ok.empty or not metrics:
+        raise SplitinvError("nothing to plot: no finished runs with a known cut depth and a reported metric.")
+    keys = _series_keys(ok)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.0), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for label, group in ok.groupby(keys, sort=True):
+            stats = group.groupby("cut_depth")[metric].agg(["mean", "std", "count"]).reset_index()
+            name = " / ".join(str(v) for v in (label if isinstance(label, tuple) else (label,)))
+            ax.errorbar(
+                stats["cut_depth"],
+                stats["mean"],
+                yerr=stats["std"].fillna(0),
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=name,
+            )
+        arrow = "↓" if DIRECTION[metric] == "lower" else "↑"
+        ax.set_xlabel("relative cut depth")
+        ax.set_ylabel(f"{LABELS.get(metric, metric)} {arrow}")
+        ax.set_xlim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return _save_figure(fig, Path(out_dir) / "quality_vs_depth")
+
+
+def plot_reconstructions(
+    frame: pd.DataFrame, sweep_dir: str | Path, out_dir: str | Path, n: int = 8
+) -> list[Path]:
+    """One figure per architecture (and attack): the same evaluation images, then their reconstruction at each
+    cut point in order of depth (first seed). Writes reconstructions_<...>.png and .pdf into ``out_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from splitinv.results import IMAGES_FILE, load_images
+
+    ok = frame[frame["status"] == "ok"].sort_values(["cut_depth", "seed"], na_position="last")
+    keys = _series_keys(ok)
+    written: list[Path] = []
+    for label, group in ok.groupby(keys, sort=True):
+        rows: list[tuple[str, object]] = []
+        for cut, jobs in group.groupby("cut", sort=False):
+            path = Path(sweep_dir) / jobs.iloc[0]["job"] / IMAGES_FILE
+            if path.is_file():
+                originals, recon = load_images(path)
+                if not rows:
+                    rows.append(("input", originals[:n]))
+                rows.append((str(cut), recon[:n]))
+        if not rows:
+            continue
+        cols = rows[0][1].shape[0]
+        fig, axes = plt.subplots(len(rows), cols, figsize=(0.9 * cols + 0.8, 0.9 * len(rows)), squeeze=False)
+        for r, (name, images) in enumerate(rows):
+            for c in range(cols):
+                ax = axes[r][c]
+                image = images[c].permute(1, 2, 0).squeeze(-1).numpy()
+                ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c == 0:
+                    ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+        fig.subplots_adjust(wspace=0.03, hspace=0.03, left=0.15, right=0.99, top=0.99, bottom=0.01)
+        tag = "_".join(str(v) for v in (label if isinstance(label, tuple) else (label,)))
+        written += _save_figure(fig, Path(out_dir) / f"reconstructions_{tag}")
+    if not written:
+        raise SplitinvError(
+            f"no {IMAGES_FILE} in the finished jobs below {sweep_dir}: rerun them with this version."
+        )
+    return written
+
+
+def _save_figure(fig: Any, stem: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=200, bbox_inches="tight")
+    plt.close(fig)
+    return paths

@@ -26,6 +26,7 @@ METRICS_FILE = "metrics.json"
 SAMPLES_FILE = "samples.csv"
 GRID_FILE = "grid.png"
 FAILED_FILE = "failed.json"
+IMAGES_FILE = "images.pt"
 RESULTS_FORMAT = "splitinv-results/1"
 
 
@@ -36,6 +37,20 @@ def grid(originals: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor
     if rows.shape[1] == 1:
         rows = rows.repeat(1, 3, 1, 1)
     return make_grid(rows, nrow=n, padding=2, pad_value=1.0)
+
+
+def save_images(path: str | Path, originals: torch.Tensor, reconstructions: torch.Tensor) -> None:
+    """The grid's images as uint8 tensors, for figures that put several runs side by side."""
+    as_uint8 = [
+        (t.float().cpu().clamp(0, 1) * 255).round().to(torch.uint8) for t in (originals, reconstructions)
+    ]
+    torch.save({"originals": as_uint8[0], "reconstructions": as_uint8[1]}, path)
+
+
+def load_images(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(originals, reconstructions) in [0, 1] from :func:`save_images`."""
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    return obj["originals"].float() / 255, obj["reconstructions"].float() / 255
 
 
 def _clean(value: Any) -> Any:

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import splitinv
 from splitinv import metrics, results
-from splitinv.cut import cut, describe_cut_points
+from splitinv.cut import cut, describe_cut_points, resolve_point
 from splitinv.errors import SplitinvError
 from splitinv.evaluate import evaluate
 from splitinv.victims import check_image_size
@@ -90,8 +90,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     victim = instantiate(cfg.victim)
     datamodule = instantiate(cfg.data)
     check_image_size(victim, datamodule.image_size, datamodule.channels)
-    head, _tail = cut(victim, cfg.cut)
-    cut_info = _cut_info(victim, cfg.cut, datamodule.image_size)
+    point = resolve_point(victim, cfg.cut)  # a name, or stage:K / depth:F / index:K resolved for this victim
+    head, _tail = cut(victim, point)
+    cut_info = _cut_info(victim, point, datamodule.image_size)
     attack = instantiate(cfg.attack)
     logger = instantiate(cfg.logger, **_logger_group(cfg)) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger)
@@ -99,15 +100,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     image_shape = (datamodule.channels, datamodule.image_size, datamodule.image_size)
 
     try:
-        attack.fit(head, _fit_data(cfg, victim, datamodule, attack), trainer, image_shape)
+        attack.fit(head, _fit_data(cfg, point, victim, datamodule, attack), trainer, image_shape)
         victim.to(device)
         datamodule.setup("predict")
         ev = evaluate(victim, head, attack, datamodule.predict_dataloader(), device=device, lpips=cfg.lpips)
         record = _record(cfg, victim, datamodule, attack, ev, device, time.perf_counter() - start)
         record["details"]["cut"] = cut_info
+        record["cut"] = point
         record["config_hash"] = key
         image = results.grid(ev.originals, ev.reconstructions)
         extra = {"decoder.pt": attack.save} if getattr(attack, "decoder", None) is not None else {}
+        extra[results.IMAGES_FILE] = lambda path: results.save_images(path, ev.originals, ev.reconstructions)
         if trainer.is_global_zero:
             results.write_run(
                 out_dir, record, ev.per_image, image, OmegaConf.to_yaml(cfg, resolve=True), extra_files=extra
@@ -118,7 +121,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-def _fit_data(cfg: DictConfig, victim: Any, datamodule: Any, attack: Any) -> Any:
+def _fit_data(cfg: DictConfig, point: str, victim: Any, datamodule: Any, attack: Any) -> Any:
     """What a learned attack trains on: the datamodule, or its cached activations when cache.enabled."""
     cache_cfg = cfg.get("cache") or {}
     if not cache_cfg.get("enabled") or not getattr(attack, "uses_features", False):
@@ -129,11 +132,11 @@ def _fit_data(cfg: DictConfig, victim: Any, datamodule: Any, attack: Any) -> Any
     points = cache_cfg.get("points")
     if points == "stages":
         points = stage_points(victim)
-    points = [*(points or []), cfg.cut]
+    points = [resolve_point(victim, p) for p in (points or [])] + [point]
     cache = FeatureCache(
         cache_cfg.dir, victim, datamodule, points, dtype=cache_cfg.get("dtype", "float16"), seed=cfg.seed
     )
-    return CachedFeatureData(cache, cfg.cut, batch_size=datamodule.batch_size, seed=cfg.seed)
+    return CachedFeatureData(cache, point, batch_size=datamodule.batch_size, seed=cfg.seed)
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -190,6 +193,7 @@ def _record(
         "victim": victim.name,
         "weights": victim.weights,
         "cut": cfg.cut,
+        "cut_spec": str(cfg.cut),
         "attack": attack.name,
         "data": datamodule.name,
         "seed": int(cfg.seed),
@@ -272,10 +276,49 @@ def check_group_choices(argv: list[str]) -> None:
                 )
 
 
+def expand_cut_sweep(argv: list[str]) -> list[str]:
+    """``cut=@stages`` / ``cut=@every:K`` / ``cut=@all``: the victim's own cut points, as a sweep list.
+
+    Resolved from the victim these overrides select (one victim: its layer names differ from any other's;
+    across architectures use ``cut=depth:0.25,depth:0.5`` or ``cut=stage:1,stage:2``).
+    """
+    at = [i for i, a in enumerate(argv) if a.startswith("cut=@")]
+    if not at:
+        return argv
+    spec = argv[at[0]].split("=@", 1)[1]
+    rest = [a for i, a in enumerate(argv) if i != at[0] and not a.startswith(("hydra.", "hydra/", "-"))]
+    if any("," in a.partition("=")[2] and a.partition("=")[0].startswith("victim") for a in rest):
+        raise SplitinvError(
+            "cut=@... needs one victim: sweep several with cut=stage:K or cut=depth:F instead."
+        )
+    import warnings
+
+    from splitinv.config import compose
+    from splitinv.cut import cut_points, stage_points
+
+    single = [a for a in rest if "," not in a.partition("=")[2]]
+    cfg = compose(single, output_dir=".")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # weights do not change which points exist
+        victim = instantiate({**OmegaConf.to_container(cfg.victim, resolve=True), "weights": None})
+    kind, _, k = spec.partition(":")
+    if kind == "stages":
+        points = stage_points(victim)
+    elif kind == "every" and k.isdigit() and int(k) > 0:
+        points = stage_points(victim, every=int(k))
+    elif kind == "all":
+        points = cut_points(victim)
+    else:
+        raise SplitinvError(f"cut=@{spec}: use cut=@stages, cut=@every:K or cut=@all.")
+    log.info("cut=@%s -> %s", spec, ",".join(points))
+    return [*argv[: at[0]], "cut=" + ",".join(points), *argv[at[0] + 1 :]]
+
+
 def main() -> None:
     """Console entry point (`splitinv-run`)."""
     try:
         check_group_choices(sys.argv[1:])
+        sys.argv[1:] = expand_cut_sweep(sys.argv[1:])
     except SplitinvError as err:
         print(f"splitinv-run: error: {err}", file=sys.stderr)
         sys.exit(2)
