@@ -1,17 +1,35 @@
-"""Reconstruct the evaluation images with a fitted attack and score them under the metric contract."""
+"""Reconstruct the evaluation images with a fitted attack and score them under the metric contract.
+
+Attacks that optimise each image (``attack.per_image``) are run first, through ``trainer.predict`` with
+gradients on (:class:`InversionModule`), one reconstruction per evaluation index kept in a
+:class:`ReconstructionStore` (``{folder}/{index}.pt``, written atomically); a re-run of the same job loads the
+images already done instead of attacking them again. Under DDP, predict gives each rank its own images (no
+padding), so every image is attacked once; every rank then scores the whole set from the shared folder.
+Scores are computed afterwards in float32, whatever precision the attack ran in.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as L
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from splitinv import metrics
 from splitinv.attacks.base import Attack
+from splitinv.errors import SplitinvError
+
+RECONSTRUCTION_FORMAT = "splitinv-reconstruction/1"
 
 
 @dataclass
@@ -24,10 +42,183 @@ class Evaluation:
     seconds: float
     images: int
     extra: dict[str, Any] = field(default_factory=dict)
+    attacked: int | None = None  # per-image attacks: images attacked in this run (the rest were loaded)
 
     @property
     def images_per_s(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else float("nan")
+        n = self.images if self.attacked is None else self.attacked
+        return n / self.seconds if self.seconds > 0 and n > 0 else float("nan")
+
+
+class ReconstructionStore:
+    """Per-image reconstructions keyed by evaluation index: ``{folder}/{index}.pt`` files, or memory.
+
+    Each file holds the image (C, H, W, float32), the per-image loss and a key (a hash of the attack's
+    settings, the head's weights and the original image), so a changed job never reuses a stale result.
+    """
+
+    def __init__(self, folder: str | Path | None = None) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self._memory: dict[int, dict[str, Any]] = {}
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, index: int) -> Path:
+        assert self.folder is not None
+        return self.folder / f"{int(index)}.pt"
+
+    def _read(self, index: int) -> dict[str, Any] | None:
+        if self.folder is None:
+            return self._memory.get(int(index))
+        path = self.path(index)
+        if not path.is_file():
+            return None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a truncated or foreign file: attack the image again
+            return None
+        return obj if isinstance(obj, dict) and obj.get("format") == RECONSTRUCTION_FORMAT else None
+
+    def get(self, index: int, key: str) -> torch.Tensor | None:
+        """The stored reconstruction of image ``index`` when it was made under ``key``, else None."""
+        obj = self._read(index)
+        return obj["image"] if obj is not None and obj.get("key") == key else None
+
+    def put(self, index: int, key: str, image: torch.Tensor, loss: float | None = None) -> None:
+        """Keep one reconstruction (written to a temporary file, then renamed into place)."""
+        obj = {
+            "format": RECONSTRUCTION_FORMAT,
+            "key": key,
+            "index": int(index),
+            "image": image.detach().to("cpu", torch.float32).contiguous(),
+            "loss": None if loss is None else float(loss),
+        }
+        if self.folder is None:
+            self._memory[int(index)] = obj
+            return
+        fd, tmp = tempfile.mkstemp(prefix=f".{int(index)}-", suffix=".tmp", dir=self.folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(obj, f)
+            os.replace(tmp, self.path(index))
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _fingerprint(attack: Attack, head: nn.Module) -> str:
+    """What a stored reconstruction depends on besides its image: the attack's settings and the head."""
+    h = hashlib.sha256(json.dumps(attack.describe(), sort_keys=True, default=str).encode())
+    for name, t in head.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _image_keys(prefix: str, x: torch.Tensor) -> list[str]:
+    xs = x.detach().to("cpu", torch.float32).contiguous()
+    return [hashlib.sha256(prefix.encode() + xi.numpy().tobytes()).hexdigest()[:32] for xi in xs]
+
+
+def _batch_parts(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    if isinstance(batch, dict):
+        raise SplitinvError("evaluation batches must be (image, label, index) tuples, not cached features.")
+    return (batch[0], batch[1], batch[2]) if len(batch) >= 3 else (batch[0], batch[1], None)
+
+
+def invert_missing(
+    attack: Attack,
+    head: nn.Module,
+    x: torch.Tensor,
+    index: torch.Tensor,
+    store: ReconstructionStore,
+    prefix: str,
+) -> int:
+    """Attack the images of a batch that ``store`` does not hold yet; returns how many were attacked."""
+    keys = _image_keys(prefix, x)
+    todo = [
+        i
+        for i, (idx, key) in enumerate(zip(index.tolist(), keys, strict=True))
+        if store.get(idx, key) is None
+    ]
+    if not todo:
+        return 0
+    sel = torch.tensor(todo, device=x.device)
+    with torch.no_grad():
+        f = head(x.index_select(0, sel))
+    x_hat = attack.invert(f, index=index[todo].cpu())
+    losses = getattr(attack, "last_losses", None)
+    for j, i in enumerate(todo):
+        loss = float(losses[j]) if losses is not None and len(losses) == len(todo) else None
+        store.put(int(index[i]), keys[i], x_hat[j].float().clamp(0, 1), loss)
+    return len(todo)
+
+
+class InversionModule(L.LightningModule):
+    """``trainer.predict`` over the evaluation images: each batch is attacked with gradients on."""
+
+    def __init__(self, head: nn.Module, attack: Attack, store: ReconstructionStore, prefix: str) -> None:
+        super().__init__()
+        self.head = head
+        self.attack, self.store, self.prefix = attack, store, prefix
+        self.attacked = 0
+
+    def predict_step(self, batch: Any, batch_idx: int) -> None:
+        x, _labels, index = _batch_parts(batch)
+        if index is None:
+            raise SplitinvError(
+                "per-image attacks need the evaluation index in each batch (image, label, index)."
+            )
+        # works under Trainer(inference_mode=True) as well: leave inference mode, copy the batch out of it
+        with torch.inference_mode(False), torch.enable_grad():
+            self.attacked += invert_missing(
+                self.attack, self.head, x.clone().float(), index.clone(), self.store, self.prefix
+            )
+
+
+def reconstruct(
+    head: nn.Module,
+    attack: Attack,
+    loader: Any,
+    *,
+    trainer: L.Trainer | None = None,
+    store: ReconstructionStore | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> tuple[ReconstructionStore, str, int]:
+    """Attack every evaluation image that ``store`` does not hold: (store, key prefix, images attacked).
+
+    With a trainer, through ``trainer.predict`` (its predict loop runs with inference mode off for this call,
+    as ``Trainer(inference_mode=False)`` would); without one, a plain loop on ``device``.
+    """
+    store = store if store is not None else ReconstructionStore()
+    head.eval()
+    prefix = _fingerprint(attack, head)
+    if trainer is None:
+        head.to(device)
+        attacked = 0
+        for batch in tqdm(loader, desc=f"{attack.name}", disable=not progress, leave=False):
+            x, _labels, index = _batch_parts(batch)
+            if index is None:
+                raise SplitinvError("per-image attacks need the evaluation index in each batch.")
+            attacked += invert_missing(attack, head, x.to(device).float(), index, store, prefix)
+        return store, prefix, attacked
+    if store.folder is None and trainer.world_size > 1:
+        raise SplitinvError(
+            "a per-image attack under several processes needs a shared reconstructions folder: "
+            "pass reconstructions_dir (splitinv-run uses the run folder)."
+        )
+    module = InversionModule(head, attack, store, prefix)
+    loop = trainer.predict_loop
+    previous = loop.inference_mode
+    loop.inference_mode = False
+    try:
+        trainer.predict(module, dataloaders=loader, return_predictions=False)
+    finally:
+        loop.inference_mode = previous
+    trainer.strategy.barrier("splitinv-reconstruct")
+    head.to(device)  # Lightning moves the module back to the CPU at teardown
+    return store, prefix, module.attacked
 
 
 def evaluate(
@@ -40,23 +231,52 @@ def evaluate(
     lpips: str = "auto",
     keep: int = 8,
     progress: bool = True,
+    trainer: L.Trainer | None = None,
+    reconstructions_dir: str | Path | None = None,
 ) -> Evaluation:
-    """Invert every evaluation batch from the head's activations and score it (fp32, clamped to [0, 1])."""
+    """Invert every evaluation batch from the head's activations and score it (fp32, clamped to [0, 1]).
+
+    Per-image attacks (``attack.per_image``) run first through :func:`reconstruct` (``trainer.predict`` when
+    a trainer is given), keeping each image in ``reconstructions_dir`` (memory when None) so a re-run skips
+    the images already done; other attacks invert batch by batch.
+    """
     victim.eval()
     head.eval()
+    store: ReconstructionStore | None = None
+    prefix = ""
+    attacked: int | None = None
+    attack_seconds = 0.0
+    if attack.per_image:
+        start = time.perf_counter()
+        store, prefix, attacked = reconstruct(
+            head,
+            attack,
+            loader,
+            trainer=trainer,
+            store=ReconstructionStore(reconstructions_dir),
+            device=device,
+            progress=progress,
+        )
+        attack_seconds = time.perf_counter() - start
+        victim.to(device)
+        head.to(device)
     columns: dict[str, list[float]] = {}
     kept_x: list[torch.Tensor] = []
     kept_hat: list[torch.Tensor] = []
-    attack_seconds = 0.0
     n = 0
     for batch in tqdm(loader, desc="attack+score", disable=not progress, leave=False):
-        x, labels, index = (batch[0], batch[1], batch[2]) if len(batch) >= 3 else (batch[0], batch[1], None)
+        x, labels, index = _batch_parts(batch)
         x, labels = x.to(device).float(), labels.to(device)
+        if index is None:
+            index = torch.arange(n, n + x.shape[0])
         with torch.no_grad():
             f = head(x)
-        start = time.perf_counter()
-        x_hat = attack.invert(f).to(device).float().clamp(0, 1)
-        attack_seconds += time.perf_counter() - start
+        if store is not None:
+            x_hat = _load(store, prefix, x, index).to(device)
+        else:
+            start = time.perf_counter()
+            x_hat = attack.invert(f).to(device).float().clamp(0, 1)
+            attack_seconds += time.perf_counter() - start
         with torch.no_grad():
             f_hat = head(x_hat)
             logits, logits_hat = victim(x), victim(x_hat)
@@ -71,8 +291,6 @@ def evaluate(
             logits_hat=logits_hat,
             labels=labels if has_labels else None,
         )
-        if index is None:
-            index = torch.arange(n, n + x.shape[0])
         columns.setdefault("index", []).extend(int(i) for i in index)
         columns.setdefault("label", []).extend(int(v) for v in labels.cpu())
         for key, values in scores.items():
@@ -83,15 +301,33 @@ def evaluate(
             kept_x.append(x.detach().cpu())
             kept_hat.append(x_hat.detach().cpu())
     if n == 0:
-        from splitinv.errors import SplitinvError
-
         raise SplitinvError("the evaluation set is empty: set data.n_eval to at least 1.")
     if "lpips" not in columns:
         columns["lpips"] = []  # unavailable under lpips=auto: summarised as null
+    extra: dict[str, Any] = {}
+    if attacked is not None:
+        extra = {"attacked": attacked, "skipped": n - attacked, "reconstructions_dir": reconstructions_dir}
     return Evaluation(
         per_image=columns,
         originals=torch.cat(kept_x)[:keep],
         reconstructions=torch.cat(kept_hat)[:keep],
         seconds=attack_seconds,
         images=n,
+        extra=extra,
+        attacked=attacked,
     )
+
+
+def _load(
+    store: ReconstructionStore, prefix: str, x: torch.Tensor, index: Sequence[int] | torch.Tensor
+) -> torch.Tensor:
+    """The stored reconstructions of a batch (every one must be there after :func:`reconstruct`)."""
+    out = []
+    for i, key in zip(torch.as_tensor(index).tolist(), _image_keys(prefix, x), strict=True):
+        image = store.get(i, key)
+        if image is None:
+            raise SplitinvError(
+                f"no reconstruction of evaluation image {i} was stored: the attack skipped it."
+            )
+        out.append(image)
+    return torch.stack(out).float().clamp(0, 1)

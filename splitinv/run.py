@@ -100,10 +100,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     image_shape = (datamodule.channels, datamodule.image_size, datamodule.image_size)
 
     try:
+        attack.cut_info = cut_info  # optimisation attacks pick their schedule from the cut's depth
         attack.fit(head, _fit_data(cfg, point, victim, datamodule, attack), trainer, image_shape)
         victim.to(device)
         datamodule.setup("predict")
-        ev = evaluate(victim, head, attack, datamodule.predict_dataloader(), device=device, lpips=cfg.lpips)
+        ev = evaluate(
+            victim,
+            head,
+            attack,
+            datamodule.predict_dataloader(),
+            device=device,
+            lpips=cfg.lpips,
+            trainer=trainer,
+            reconstructions_dir=out_dir / "reconstructions" if attack.per_image else None,
+        )
         record = _record(cfg, victim, datamodule, attack, ev, device, time.perf_counter() - start)
         record["details"]["cut"] = cut_info
         record["cut"] = point

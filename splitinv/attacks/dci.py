@@ -176,8 +176,11 @@ class BlockInverter(nn.Module):
         w = int(width or min(256, max(64, cin)))
         ups = max(0, math.ceil(math.log2(size / side))) if side < size else 0
         layers: list[nn.Module] = [_conv_block(cin, w)]
-        layers += [_up_block(w, w) for _ in range(ups)]
-        layers.append(_conv_block(w, w))
+        for _ in range(ups):  # halve the width at each upsampling, as the decoder does
+            layers.append(_up_block(w, max(16, w // 2)))
+            w = max(16, w // 2)
+        if ups == 0:
+            layers.append(_conv_block(w, w))
         self.body = nn.Sequential(*layers)
         self.out = nn.Conv2d(w, cout, 3, padding=1)
         self.size = (out_shape[1], out_shape[2])
