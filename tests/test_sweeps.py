@@ -1,4 +1,4 @@
-"""Sweeps: cut-point specs, the activation cache, resumed and failing jobs, launchers, DDP, sweep -> table -> figure."""
+"""Sweeps: cut-point specs, activation cache, resumed and failing jobs, launchers, DDP, tables, figures."""
 
 from __future__ import annotations
 
