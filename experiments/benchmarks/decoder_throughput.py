@@ -52,7 +52,9 @@ class _Data:
         return self.loader
 
 
-def splitinv_steps_per_s(head: torch.nn.Module, loader: DataLoader, shape: tuple, steps: int, warmup: int) -> float:
+def splitinv_steps_per_s(
+    head: torch.nn.Module, loader: DataLoader, shape: tuple, steps: int, warmup: int
+) -> float:
     torch.manual_seed(0)
     attack = DecoderAttack()
     timer = _Timer(warmup)
@@ -69,7 +71,9 @@ def splitinv_steps_per_s(head: torch.nn.Module, loader: DataLoader, shape: tuple
     return (steps - warmup) / (timer.end - timer.start)
 
 
-def bare_steps_per_s(head: torch.nn.Module, loader: DataLoader, shape: tuple, steps: int, warmup: int) -> float:
+def bare_steps_per_s(
+    head: torch.nn.Module, loader: DataLoader, shape: tuple, steps: int, warmup: int
+) -> float:
     x0 = next(iter(loader))[0][:2]
     with torch.no_grad():
         feature_shape = tuple(head(x0).shape[1:])
@@ -111,15 +115,24 @@ def main() -> None:
     images = torch.rand(args.batch * 8, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     loader = DataLoader(TensorDataset(images), batch_size=args.batch, shuffle=False)
     shape = (3, args.size, args.size)
-    print(f"{args.victim} @ {args.cut}, {args.size} px, batch {args.batch}, {args.steps - args.warmup} timed steps")
+    print(
+        f"{args.victim} @ {args.cut}, {args.size} px, batch {args.batch}, "
+        f"{args.steps - args.warmup} timed steps"
+    )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     bare, ours = [], []
     for _ in range(args.repeats):  # alternate, so drift in machine load hits both alike
         bare.append(bare_steps_per_s(head, loader, shape, args.steps, args.warmup))
         ours.append(splitinv_steps_per_s(head, loader, shape, args.steps, args.warmup))
     ratios = [o / b for o, b in zip(ours, bare, strict=True)]
-    print(f"bare loop: {statistics.median(bare) * args.batch:8.1f} images/s  (runs: {[round(b, 2) for b in bare]} steps/s)")
-    print(f"splitinv : {statistics.median(ours) * args.batch:8.1f} images/s  (runs: {[round(o, 2) for o in ours]} steps/s)")
+    print(
+        f"bare loop: {statistics.median(bare) * args.batch:8.1f} images/s  "
+        f"(runs: {[round(b, 2) for b in bare]} steps/s)"
+    )
+    print(
+        f"splitinv : {statistics.median(ours) * args.batch:8.1f} images/s  "
+        f"(runs: {[round(o, 2) for o in ours]} steps/s)"
+    )
     print(f"throughput ratio splitinv / bare: {statistics.median(ratios):.3f} (target >= 0.90)")
 
 
