@@ -52,7 +52,7 @@ def main() -> None:
         "lpips=off",
     ]
     print(
-        f"{args.victim} at {args.size} px, cut points {points}, {args.n_aux} aux images x {args.epochs} epochs"
+        f"{args.victim} at {args.size} px, cut points {points}, {args.n_aux} aux x {args.epochs} epochs"
     )
     with tempfile.TemporaryDirectory() as tmp:
         without = sweep(points, base, Path(tmp) / "without", cache=False)
