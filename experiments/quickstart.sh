@@ -13,7 +13,7 @@ splitinv-train-victim victim=resnet18 victim.image_size=32 data=fashion_mnist_mi
   checkpoint="$OUT/victim.pt" hydra.run.dir="$OUT/train"
 
 splitinv-run -m victim=resnet18 victim.image_size=32 victim.weights="$OUT/victim.pt" \
-  data=fashion_mnist_mini data.n_aux=3000 trainer.max_epochs=3 cut=layer1,layer2,layer3 \
+  data=fashion_mnist_mini data.n_aux=2000 trainer.max_epochs=3 cut=layer1,layer2,layer3 \
   cache.enabled=true cache.dir="$OUT/cache" cache.points=[layer1,layer2,layer3] \
   logger=csv hydra.sweep.dir="$OUT/sweep"
 
