@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,8 +44,10 @@ def _victim(name: str = "resnet18", size: int = 32):
 
 def _splitinv_run(*args: str, cwd: Path, timeout: int = 400) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    script = shutil.which("splitinv-run")  # the console script: DDP re-launches it per rank by its path
+    command = [script] if script else [sys.executable, "-c", "from splitinv.run import main; main()"]
     return subprocess.run(
-        [sys.executable, "-c", "from splitinv.run import main; main()", *args],
+        [*command, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
