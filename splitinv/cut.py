@@ -374,12 +374,8 @@ class _Outputs(nn.Module):
         return dict(zip(self.names, self.body(x), strict=True))
 
 
-class _HookOutputs(nn.Module):
+class _HookOutputs(_Outputs):
     """The forward-hook version of :class:`_Outputs` (stops after the deepest point)."""
-
-    def __init__(self, normalize: nn.Module | None, body: nn.Module, names: list[str]) -> None:
-        super().__init__()
-        self.normalize, self.body, self.names = normalize, body, names
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.normalize is not None:
