@@ -16,7 +16,7 @@ import torch
 
 from splitinv import build_victim, cut
 from splitinv.config import compose
-from splitinv.cut import resolve_point, stage_points
+from splitinv.cut import extractor, resolve_point, stage_points
 from splitinv.data import FashionMNISTDataModule
 from splitinv.errors import SplitinvError
 from splitinv.features import FeatureCache
@@ -94,6 +94,20 @@ def test_cut_at_stages_expands_to_the_victims_points() -> None:
 
 
 # ---------------------------------------------------------------------------------- activation cache
+
+
+@pytest.mark.parametrize("method", ["fx", "hooks"])
+def test_extractor_gives_every_points_activation_in_one_pass(method: str) -> None:
+    victim = _victim()
+    x = torch.rand(2, 3, 32, 32)
+    points = ["bn1", "layer1", "layer3"]  # bn1 is followed by an in-place ReLU: its value must be kept
+    with torch.no_grad():
+        out = extractor(victim, points, method=method)(x)
+        for point in points:
+            head, _ = cut(victim, point, method=method)
+            assert torch.equal(out[point], head(x)), point
+    with pytest.raises(SplitinvError, match="skip connection"):
+        extractor(victim, ["layer1", "layer1.0.conv1"], method=method)
 
 
 def _cache(tmp_path: Path, victim, **data_kwargs) -> FeatureCache:
