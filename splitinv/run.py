@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib.resources
+import inspect
 import json
 import logging
 import platform
@@ -101,7 +102,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     try:
         attack.cut_info = cut_info  # optimisation attacks pick their schedule from the cut's depth
-        attack.fit(head, _fit_data(cfg, point, victim, datamodule, attack), trainer, image_shape)
+        white_box = {"victim": victim} if "victim" in inspect.signature(attack.fit).parameters else {}
+        attack.fit(head, _fit_data(cfg, point, victim, datamodule, attack), trainer, image_shape, **white_box)
         victim.to(device)
         datamodule.setup("predict")
         ev = evaluate(

@@ -310,12 +310,13 @@ def synthesize(
                 with torch.no_grad():
                     x.clamp_(0, 1)
             images.append(x.detach().cpu())
-            stats = {
-                "synth_loss": loss.item(),
-                "synth_bn": bn.item(),
-                "synth_tv": tv.item(),
-                "synth_ce": ce.item(),
-            }
+            if iterations > 0:
+                stats = {
+                    "synth_loss": loss.item(),
+                    "synth_bn": bn.item(),
+                    "synth_tv": tv.item(),
+                    "synth_ce": ce.item(),
+                }
     return torch.cat(images), stats
 
 
@@ -348,12 +349,8 @@ class DCIModule(L.LightningModule):
         for p in self.blocks.parameters():
             p.requires_grad_(False)
         self.chain = chain
-        self.cycle_weight, self.lr, self.finetune_from, self.flip = (
-            float(cycle_weight),
-            lr,
-            finetune_from,
-            flip,
-        )
+        self.cycle_weight, self.lr = float(cycle_weight), lr
+        self.finetune_from, self.flip = finetune_from, flip
         self.images_seen = 0
 
     def train(self, mode: bool = True) -> DCIModule:
@@ -362,10 +359,13 @@ class DCIModule(L.LightningModule):
         self.blocks.eval()
         return self
 
-    def _cycle(self, x_hat: torch.Tensor, start: int, target: torch.Tensor) -> torch.Tensor:
-        """Relative error of blocks start..K applied to ``x_hat`` (a level-``start`` reconstruction)."""
+    def _cycle(
+        self, x_hat: torch.Tensor, start: int, target: torch.Tensor, stop: int | None = None
+    ) -> torch.Tensor:
+        """Cycle-consistency: ``x_hat`` (a reconstruction of boundary ``start``) through the real blocks
+        start..stop (default: up to the cut point), relative error to ``target``."""
         h = x_hat
-        for block in self.blocks[start:]:
+        for block in self.blocks[start:stop]:
             h = block(h)
         return _rel_mse(h, target)
 
@@ -374,26 +374,25 @@ class DCIModule(L.LightningModule):
         with torch.no_grad():
             acts = _run_blocks(self.blocks, x)
         terms: dict[str, torch.Tensor] = {}
+        # with cycle_weight 0 the cycle terms are still measured (for the logs), outside the graph
+        cycle_grad = torch.enable_grad() if self.cycle_weight > 0 else torch.no_grad()
         if not finetune:
             loss = x.new_zeros(())
             for k, inverter in enumerate(self.chain.inverters):
                 pred = inverter(acts[k + 1])
                 rec = _rel_mse(pred, acts[k])
-                if self.cycle_weight > 0:
-                    cyc = _rel_mse(self.blocks[k](pred), acts[k + 1])
-                else:  # still measured, for the logs
-                    with torch.no_grad():
-                        cyc = _rel_mse(self.blocks[k](pred), acts[k + 1])
+                with cycle_grad:
+                    cyc = self._cycle(pred, k, acts[k + 1], stop=k + 1)
                 terms[f"rec/{k}"], terms[f"cycle/{k}"] = rec, cyc
                 loss = loss + rec + self.cycle_weight * cyc
         else:
             levels = self.chain.levels(acts[-1])
-            rec = torch.stack([_rel_mse(levels[k], acts[k]) for k in range(len(levels) - 1)]).sum()
-            grad = torch.enable_grad() if self.cycle_weight > 0 else torch.no_grad()
-            with grad:
-                cyc = torch.stack([self._cycle(levels[k], k, acts[-1]) for k in range(len(levels) - 1)]).sum()
+            depth = len(self.chain.inverters)
+            rec = torch.stack([_rel_mse(levels[k], acts[k]) for k in range(depth)]).sum()
+            with cycle_grad:
+                cyc = torch.stack([self._cycle(levels[k], k, acts[-1]) for k in range(depth)]).sum()
             terms["finetune/rec"], terms["finetune/cycle"] = rec, cyc
-            loss = rec + self.cycle_weight * cyc if self.cycle_weight > 0 else rec
+            loss = rec + self.cycle_weight * cyc
         terms["loss"] = loss
         return terms
 
@@ -459,19 +458,18 @@ class DCIAttack(Attack):
         name: str = "dci",
     ) -> None:
         self.name = name
-        if not isinstance(blocks, (str, int)):
-            blocks = [str(b) for b in blocks]
         for key, value, minimum in (
             ("batch_size", batch_size, 1),
             ("synth_images", synth_images, 1),
             ("synth_batch", synth_batch, 1),
             ("synth_iterations", synth_iterations, 0),
             ("finetune_epochs", finetune_epochs, 0),
+            ("jitter", 0 if jitter is None else jitter, 0),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise SplitinvError(f"attack.{key} must be an integer >= {minimum}, got {value!r}.")
         self.settings: dict[str, Any] = {
-            "blocks": blocks,
+            "blocks": _check_blocks(blocks),
             "width": width,
             "cycle_weight": float(cycle_weight),
             "lr": float(lr),
@@ -495,6 +493,7 @@ class DCIAttack(Attack):
         self.chain: InverterChain | None = None
         self.points: list[str] = []
         self.synthesis_model: str | None = None
+        self.jitter_px: int | None = None
         self.synthetic: torch.Tensor | None = None
         self.train_stats: dict[str, Any] = {}
 
@@ -524,71 +523,43 @@ class DCIAttack(Attack):
             self.points = list(meta.get("points", []))
             self._check_shapes(head, image_shape)
             return
-        s = self.settings
-        device = trainer.strategy.root_device
-        start = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s["seed"])
-            self.points = chain_points(head, s["blocks"], image_shape[1])
-            blocks = build_blocks(head, self.points)
-            with torch.no_grad():
-                probe = torch.rand(2, *image_shape, generator=torch.Generator().manual_seed(0))
-                dev = next(iter(head.parameters()), torch.empty(0)).device
-                acts = _run_blocks(blocks, probe.to(dev))
-                if not torch.allclose(acts[-1], head(probe.to(dev)), rtol=1e-4, atol=1e-5):
-                    raise SplitinvError(
-                        "internal: DCI's blocks do not compose to the head."
-                    )  # pragma: no cover
-            shapes = [tuple(a.shape[1:]) for a in acts]
-
-            synth_model = victim if victim is not None else head
-            self.synthesis_model = "victim" if victim is not None else "head"
-            num_classes = _num_classes(victim) if victim is not None and s["ce_weight"] > 0 else None
-            synth_model.to(device)
-            jitter = s["jitter"] if s["jitter"] is not None else round(30 * image_shape[1] / 224)
-            images, synth_stats = synthesize(
-                synth_model,
-                s["synth_images"],
-                image_shape,  # type: ignore[arg-type]
-                iterations=s["synth_iterations"],
-                batch_size=s["synth_batch"],
-                lr=s["synth_lr"],
-                bn_weight=s["bn_weight"],
-                first_bn_scale=s["first_bn_scale"],
-                tv_weight=s["tv_weight"],
-                l2_weight=s["l2_weight"],
-                ce_weight=s["ce_weight"],
-                num_classes=num_classes,
-                jitter=int(jitter),
-                flip=s["flip"],
-                seed=s["seed"],
-                device=device,
+        epochs = trainer.max_epochs
+        finetune = self.settings["finetune_epochs"]
+        if not isinstance(epochs, int) or epochs < 1:
+            raise SplitinvError(f"DCI trains for trainer.max_epochs epochs: set it to >= 1 (now {epochs}).")
+        if finetune and finetune >= epochs:
+            raise SplitinvError(
+                f"attack.finetune_epochs={finetune} leaves no block-wise epochs with "
+                f"trainer.max_epochs={epochs}: raise trainer.max_epochs or lower attack.finetune_epochs."
             )
-            self.synthetic = images
+        with torch.random.fork_rng(devices=[]):  # the attack's own seed, not the global stream's state
+            torch.manual_seed(self.settings["seed"])
+            self.points = chain_points(head, self.settings["blocks"], image_shape[1])
+            blocks = build_blocks(head, self.points)
+            shapes = _block_shapes(head, blocks, image_shape)
+            start = time.perf_counter()
+            images, synth_stats = self._synthesize(head, victim, image_shape, trainer)
             synth_seconds = time.perf_counter() - start
-
-            self.chain = InverterChain(shapes, s["width"])
-            epochs = trainer.max_epochs
-            if not isinstance(epochs, int) or epochs < 1:
-                raise SplitinvError(
-                    f"DCI trains for trainer.max_epochs epochs: set it to >= 1 (now {epochs})."
-                )
-            if s["finetune_epochs"] and s["finetune_epochs"] >= epochs:
-                raise SplitinvError(
-                    f"attack.finetune_epochs={s['finetune_epochs']} leaves no block-wise epochs with "
-                    f"trainer.max_epochs={epochs}: raise trainer.max_epochs or lower attack.finetune_epochs."
-                )
-            finetune_from = epochs - s["finetune_epochs"] if s["finetune_epochs"] else None
-            module = DCIModule(blocks, self.chain, s["cycle_weight"], s["lr"], finetune_from, s["flip"])
+            if trainer.logger is not None and synth_stats:
+                trainer.logger.log_metrics({f"synth/{k[6:]}": v for k, v in synth_stats.items()}, step=0)
+            self.chain = InverterChain(shapes, self.settings["width"])
+            module = DCIModule(
+                blocks,
+                self.chain,
+                self.settings["cycle_weight"],
+                self.settings["lr"],
+                epochs - finetune if finetune else None,
+                self.settings["flip"],
+            )
             loader = DataLoader(
                 TensorDataset(images),
-                batch_size=s["batch_size"],
+                batch_size=self.settings["batch_size"],
                 shuffle=True,
-                generator=torch.Generator().manual_seed(s["seed"]),
+                generator=torch.Generator().manual_seed(self.settings["seed"]),
             )
-            train_start = time.perf_counter()
+            start = time.perf_counter()
             trainer.fit(module, train_dataloaders=loader)
-            seconds = time.perf_counter() - train_start
+            seconds = time.perf_counter() - start
         self.chain.eval()
         losses = {
             k[len("train/") : -len("_epoch")]: float(v)
@@ -605,10 +576,6 @@ class DCIAttack(Attack):
             **synth_stats,
             "losses": losses,
         }
-        if trainer.logger is not None:
-            trainer.logger.log_metrics(
-                {f"synth/{k[len('synth_') :]}": v for k, v in synth_stats.items()}, step=0
-            )
         log.info(
             "DCI: %d synthetic images in %.1f s, %d inverters over %s, trained in %.1f s",
             images.shape[0],
@@ -617,6 +584,39 @@ class DCIAttack(Attack):
             [_display(p) for p in self.points] or "the whole head",
             seconds,
         )
+
+    def _synthesize(
+        self, head: nn.Module, victim: nn.Module | None, image_shape: tuple[int, ...], trainer: L.Trainer
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """DeepInversion images from the victim (all BN layers + cross-entropy) or, without it, the head."""
+        s = self.settings
+        model = victim if victim is not None else head
+        self.synthesis_model = "victim" if victim is not None else "head"
+        num_classes = _num_classes(victim) if victim is not None and s["ce_weight"] > 0 else None
+        device = trainer.strategy.root_device
+        model.to(device)
+        # DeepInversion rolls by up to 30 px at 224 px: the same fraction of the image unless set
+        self.jitter_px = s["jitter"] if s["jitter"] is not None else round(30 * image_shape[1] / 224)
+        images, stats = synthesize(
+            model,
+            s["synth_images"],
+            image_shape,  # type: ignore[arg-type]
+            iterations=s["synth_iterations"],
+            batch_size=s["synth_batch"],
+            lr=s["synth_lr"],
+            bn_weight=s["bn_weight"],
+            first_bn_scale=s["first_bn_scale"],
+            tv_weight=s["tv_weight"],
+            l2_weight=s["l2_weight"],
+            ce_weight=s["ce_weight"],
+            num_classes=num_classes,
+            jitter=self.jitter_px,
+            flip=s["flip"],
+            seed=s["seed"],
+            device=device,
+        )
+        self.synthetic = images
+        return images, stats
 
     def _check_shapes(self, head: nn.Module, image_shape: tuple[int, ...]) -> None:
         assert self.chain is not None
@@ -644,6 +644,7 @@ class DCIAttack(Attack):
             **self.settings,
             "checkpoint": self.checkpoint,
             "synthesis_model": self.synthesis_model,
+            "jitter_px": self.jitter_px,
             "chain": [_display(p) for p in self.points],
             "n_inverters": len(self.chain.inverters) if self.chain is not None else None,
         }
@@ -662,6 +663,33 @@ class DCIAttack(Attack):
             },
             path,
         )
+
+
+def _check_blocks(blocks: Any) -> str | int | list[str]:
+    """``attack.blocks`` as given: a spec name, a positive integer or a list of cut point names."""
+    if isinstance(blocks, str) and blocks in BLOCK_SPECS:
+        return blocks
+    if isinstance(blocks, int) and not isinstance(blocks, bool) and blocks >= 1:
+        return blocks
+    if isinstance(blocks, Sequence) and not isinstance(blocks, str):
+        return [str(b) for b in blocks]
+    raise SplitinvError(
+        f"unknown attack.blocks {blocks!r}: use stages, single, an integer k >= 1 (every k-th cut point) or "
+        "a list of cut points before the cut."
+    )
+
+
+def _block_shapes(
+    head: nn.Module, blocks: Sequence[nn.Module], image_shape: tuple[int, ...]
+) -> list[tuple[int, ...]]:
+    """Per-image shapes at every boundary (the image first), checking that the blocks compose to the head."""
+    probe = torch.rand(2, *image_shape, generator=torch.Generator().manual_seed(0))
+    probe = probe.to(next(iter(head.parameters()), torch.empty(0)).device)
+    with torch.no_grad():
+        acts = _run_blocks(blocks, probe)
+        if not torch.allclose(acts[-1], head(probe), rtol=1e-4, atol=1e-5):  # pragma: no cover
+            raise SplitinvError("internal: DCI's blocks do not compose to the head; report this cut point.")
+    return [tuple(a.shape[1:]) for a in acts]
 
 
 def _num_classes(victim: nn.Module) -> int:
