@@ -266,7 +266,11 @@ def config_groups(config_module: str = "splitinv.conf") -> dict[str, list[str]]:
     """The selectable config groups (victim, attack, data, ...) and their options."""
     root = importlib.resources.files(config_module)
     return {
-        d.name: sorted(p.name[: -len(".yaml")] for p in d.iterdir() if p.name.endswith(".yaml"))
+        d.name: sorted(
+            p.name[: -len(".yaml")]
+            for p in d.iterdir()
+            if p.name.endswith(".yaml") and not p.name.startswith("_")
+        )
         for d in root.iterdir()
         if d.is_dir() and d.name not in ("hydra", "paths", "__pycache__")
     }
