@@ -107,11 +107,14 @@ class ReconstructionStore:
 
 
 def _fingerprint(attack: Attack, head: nn.Module) -> str:
-    """What a stored reconstruction depends on besides its image: the attack's settings and the head."""
+    """What a stored reconstruction depends on besides its image: the attack's settings, the head's weights
+    and those of any network the attack holds (the hybrid attack's decoder)."""
     h = hashlib.sha256(json.dumps(attack.describe(), sort_keys=True, default=str).encode())
-    for name, t in head.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    modules = [head] + [m for m in vars(attack).values() if isinstance(m, nn.Module) and m is not head]
+    for module in modules:
+        for name, t in module.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -134,24 +137,23 @@ def invert_missing(
     store: ReconstructionStore,
     prefix: str,
 ) -> int:
-    """Attack the images of a batch that ``store`` does not hold yet; returns how many were attacked."""
+    """Attack a batch unless ``store`` holds all of its images; returns how many images were attacked.
+
+    A partly stored batch is attacked whole: batched convolutions differ from smaller batches in the last
+    bits, which hundreds of optimiser steps amplify, so only the same batch reproduces an uninterrupted run
+    bit for bit. (A batch's files are written together, so an interrupted job leaves few partial batches.)
+    """
     keys = _image_keys(prefix, x)
-    todo = [
-        i
-        for i, (idx, key) in enumerate(zip(index.tolist(), keys, strict=True))
-        if store.get(idx, key) is None
-    ]
-    if not todo:
+    if all(store.get(i, key) is not None for i, key in zip(index.tolist(), keys, strict=True)):
         return 0
-    sel = torch.tensor(todo, device=x.device)
     with torch.no_grad():
-        f = head(x.index_select(0, sel))
-    x_hat = attack.invert(f, index=index[todo].cpu())
+        f = head(x)
+    x_hat = attack.invert(f, index=index.cpu())
     losses = getattr(attack, "last_losses", None)
-    for j, i in enumerate(todo):
-        loss = float(losses[j]) if losses is not None and len(losses) == len(todo) else None
-        store.put(int(index[i]), keys[i], x_hat[j].float().clamp(0, 1), loss)
-    return len(todo)
+    for j, (i, key) in enumerate(zip(index.tolist(), keys, strict=True)):
+        loss = float(losses[j]) if losses is not None and len(losses) == len(keys) else None
+        store.put(i, key, x_hat[j].float().clamp(0, 1), loss)
+    return len(keys)
 
 
 class InversionModule(L.LightningModule):
@@ -163,7 +165,7 @@ class InversionModule(L.LightningModule):
         self.attack, self.store, self.prefix = attack, store, prefix
         self.attacked = 0
 
-    def predict_step(self, batch: Any, batch_idx: int) -> None:
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, _labels, index = _batch_parts(batch)
         if index is None:
             raise SplitinvError(
@@ -174,6 +176,7 @@ class InversionModule(L.LightningModule):
             self.attacked += invert_missing(
                 self.attack, self.head, x.clone().float(), index.clone(), self.store, self.prefix
             )
+        return index  # the images live in the store; predict keeps nothing (return_predictions=False)
 
 
 def reconstruct(

@@ -46,6 +46,7 @@ def test_run_writes_every_result_file(tmp_path: Path) -> None:
         "config.yaml",
         "decoder.pt",
         "grid.png",
+        "images.pt",
         "metrics.json",
         "samples.csv",
     ]

@@ -1,6 +1,7 @@
 """Attacks: one interface (``fit`` is optional; ``invert`` maps cut-point activations to [0, 1] images)."""
 
 from splitinv.attacks.base import Attack, AttackerKnowledge
+from splitinv.attacks.dci import DCIAttack
 from splitinv.attacks.decoder import DecoderAttack, build_decoder
 from splitinv.attacks.hybrid import HybridAttack
 from splitinv.attacks.optimize import OptimizationAttack, OptimizeSettings
@@ -10,6 +11,7 @@ __all__ = [
     "Attack",
     "AttackerKnowledge",
     "BNStatsPrior",
+    "DCIAttack",
     "DecoderAttack",
     "HybridAttack",
     "OptimizationAttack",

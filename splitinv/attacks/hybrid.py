@@ -35,6 +35,10 @@ class HybridAttack(OptimizationAttack):
         **kwargs: Any,
     ) -> None:
         kwargs.pop("init", None)  # the start is the decoder's output
+        if aux_data == "none":
+            raise SplitinvError(
+                "the hybrid attack's decoder learns from auxiliary data: set attack.aux_data=same or other."
+            )
         super().__init__(name=name, aux_data=aux_data, **kwargs)
         settings = dict(decoder or {})
         unknown = sorted(set(settings) - set(DECODER_KEYS))
@@ -53,11 +57,22 @@ class HybridAttack(OptimizationAttack):
         )
         self.decoder: nn.Module | None = None
         self.train_stats: dict[str, float] = {}
+        # the decoder trains from (image, head(image)) pairs only: the run's feature cache can feed it
+        self.uses_features = self.decoder_checkpoint is None
 
     def fit(self, head: nn.Module, datamodule: Any, trainer: Any, image_shape: tuple[int, int, int]) -> None:
         """Train (or load) the decoder through the head, then store the head and fix the schedule."""
         super().fit(head, datamodule, trainer, image_shape)
-        self.decoder_attack.fit(head, datamodule, trainer, image_shape)
+        try:
+            self.decoder_attack.fit(head, datamodule, trainer, image_shape)
+        except RuntimeError as err:  # load_state_dict: a decoder built by another splitinv version
+            if not self.decoder_checkpoint:
+                raise
+            first = str(err).strip().splitlines()[-1].strip()
+            raise SplitinvError(
+                f"decoder checkpoint {self.decoder_checkpoint} does not load into the decoder this splitinv "
+                f"builds ({first}): retrain it with attack=decoder."
+            ) from err
         self.decoder = self.decoder_attack.decoder
         self.train_stats = dict(self.decoder_attack.train_stats)
         assert self.decoder is not None

@@ -26,7 +26,7 @@ import contextlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -128,7 +128,6 @@ class OptimizeSettings:
     lr_gamma: float = 0.1
     param: str = "clamp"
     check_every: int = 50
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.steps = int(_number("steps", self.steps, 1))
@@ -162,7 +161,6 @@ class OptimizeSettings:
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.pop("extra")
         out["betas"] = list(self.betas)
         return out
 
@@ -331,7 +329,7 @@ class OptimizationAttack(Attack):
                 raise SplitinvError(f"attack.{kind} takes lr and steps only, got {sorted(pair)}.")
         self.lr, self.steps = lr, steps
         self.progress = bool(progress)
-        known = set(OptimizeSettings.__dataclass_fields__) - {"steps", "lr", "extra"}
+        known = set(OptimizeSettings.__dataclass_fields__) - {"steps", "lr"}
         unknown = sorted(set(settings) - known)
         if unknown:
             raise SplitinvError(
@@ -415,7 +413,7 @@ class OptimizationAttack(Attack):
         idx = torch.arange(b) if index is None else torch.as_tensor(index).flatten().cpu()
         if idx.numel() != b:
             raise SplitinvError(f"{idx.numel()} indices for {b} feature maps: pass one index per image.")
-        shape = (b, *self._image_shape(head, features))
+        shape = (b, *self._image_shape())
         x0 = self._initial(features, idx, shape, device)
         needs_gens = self.settings.jitter > 0 or self.settings.flip
         gens = [image_generator(self.seed + 1, int(i)) for i in idx] if needs_gens else None
@@ -432,7 +430,7 @@ class OptimizationAttack(Attack):
         self.images_attacked += b
         return x_hat
 
-    def _image_shape(self, head: nn.Module, features: Tensor) -> tuple[int, int, int]:
+    def _image_shape(self) -> tuple[int, int, int]:
         shape = getattr(self, "image_shape", None)
         if shape is None:
             raise SplitinvError(
