@@ -51,9 +51,7 @@ def main() -> None:
         "logger=csv",
         "lpips=off",
     ]
-    print(
-        f"{args.victim} at {args.size} px, cut points {points}, {args.n_aux} aux x {args.epochs} epochs"
-    )
+    print(f"{args.victim} at {args.size} px, cut points {points}, {args.n_aux} aux x {args.epochs} epochs")
     with tempfile.TemporaryDirectory() as tmp:
         without = sweep(points, base, Path(tmp) / "without", cache=False)
         with_cache = sweep(points, base, Path(tmp) / "with", cache=True)
