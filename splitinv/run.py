@@ -225,6 +225,8 @@ def _record(
             "train_steps": train.get("train_steps"),
             "attack_images_per_s": ev.images_per_s,
             "steps_per_image": getattr(attack, "steps_per_image", 0),
+            "attacked_images": ev.extra.get("attacked", ev.images),  # a resumed job skips finished images
+            "skipped_images": ev.extra.get("skipped", 0),
             "peak_memory_mb": _peak_memory_mb(device),
         },
         "contract": metrics.CONTRACT,
