@@ -90,8 +90,8 @@ def test_every_victim_config_cuts_exactly(stem):
     points = describe_cut_points(victim, image_size=SIZE)
     assert [p.index for p in points] == list(range(len(points)))
     stages = stage_points(victim)
-    names = [p.name for p in points]
-    assert all(s in names for s in stages) and stages == sorted(stages, key=names.index)
+    index = {n: p.index for p in points for n in (p.name, *p.aliases)}  # stages may be aliases: blocks.11
+    assert all(s in index for s in stages) and stages == sorted(stages, key=index.get)
     tokens = any(len(p.shape) == 2 for p in points)  # (N, C): a transformer
     if tokens:
         stages += stage_points(victim, every=4)
