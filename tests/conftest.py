@@ -27,3 +27,12 @@ def _offline_caches(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     from splitinv import metrics
 
     metrics.clear_lpips_cache()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small CPU models on a shared 2-core machine: one intra-op thread is many times faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

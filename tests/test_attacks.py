@@ -50,16 +50,7 @@ BASE = [
 
 
 @pytest.fixture(scope="module")
-def threads() -> Any:
-    """One intra-op thread: on two cores shared with other jobs, two threads run ~3x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def victim_path(tmp_path_factory: pytest.TempPathFactory, threads: None) -> Path:
+def victim_path(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
     """A ResNet-18 trained briefly (80 SGD steps) on the vendored Fashion-MNIST subset at 32 px."""
     torch.manual_seed(0)
     with pytest.warns(UserWarning, match="RANDOM weights"):
@@ -374,7 +365,7 @@ def test_rerun_is_identical_and_skips_images_done(
     assert sum(attacked) == N_EVAL
 
 
-def test_results_do_not_depend_on_batch_size(victim_path: Path, threads: None) -> None:
+def test_results_do_not_depend_on_batch_size(victim_path: Path, one_thread: None) -> None:
     victim = build_victim("resnet18", weights=str(victim_path), image_size=32, num_classes=10).eval()
     head, _ = cut(victim, "layer1")
     # random start, jitter, flips and the BN prior: every per-image random draw and term is exercised
@@ -410,7 +401,7 @@ def test_results_do_not_depend_on_batch_size(victim_path: Path, threads: None) -
     assert not torch.allclose(results[0], torch.full_like(results[0], 0.5), atol=0.05)
 
 
-def test_bf16_autocast_gives_float32_images(victim_path: Path, threads: None) -> None:
+def test_bf16_autocast_gives_float32_images(victim_path: Path, one_thread: None) -> None:
     import lightning.pytorch as L
 
     victim = build_victim("resnet18", weights=str(victim_path), image_size=32, num_classes=10).eval()
@@ -434,7 +425,7 @@ def test_bf16_autocast_gives_float32_images(victim_path: Path, threads: None) ->
 
 
 def test_evaluate_without_trainer_keeps_per_image_files(
-    tmp_path: Path, victim_path: Path, threads: None
+    tmp_path: Path, victim_path: Path, one_thread: None
 ) -> None:
     victim = build_victim("resnet18", weights=str(victim_path), image_size=32, num_classes=10).eval()
     head, _ = cut(victim, "layer1")

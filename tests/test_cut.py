@@ -60,13 +60,7 @@ def _shape_of(points, name: str) -> tuple[int, ...]:
     raise AssertionError(f"{name} is not a listed cut point nor an alias: {[p.name for p in points]}")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small CPU models on a shared 2-core machine: one intra-op thread is many times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

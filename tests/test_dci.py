@@ -49,13 +49,7 @@ SMALL: dict[str, Any] = {
 EPOCHS = 24
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small CPU models on a shared 2-core machine: one intra-op thread is many times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 class RaisingImages(Dataset):

@@ -24,13 +24,7 @@ CONFIGS = sorted(CONF.glob("*.yaml"))
 RANDOM = pytest.mark.filterwarnings("ignore:victim .* has RANDOM weights:UserWarning")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small CPU models on a shared 2-core machine: one intra-op thread is many times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(autouse=True)

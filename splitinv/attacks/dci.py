@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from splitinv.attacks.base import Attack, AttackerKnowledge
-from splitinv.attacks.decoder import TokensToMap, VectorToMap, _conv_block, _up_block
+from splitinv.attacks.decoder import conv_block, to_map, up_block
 from splitinv.attacks.priors import BNStatsPrior, alpha_norm, random_flip, random_jitter, total_variation
 from splitinv.cut import CutPoint, cut, describe_cut_points
 from splitinv.errors import SplitinvError
@@ -161,26 +161,15 @@ class BlockInverter(nn.Module):
         if len(out_shape) != 3:
             raise SplitinvError(f"a DCI inverter must produce a (C, H, W) map, not shape {tuple(out_shape)}.")
         cout, size = out_shape[0], out_shape[1]
-        if len(in_shape) == 3:
-            cin, side = in_shape[0], in_shape[1]
-            self.to_map: nn.Module = nn.Identity()
-        elif len(in_shape) == 2:
-            tokens, cin = in_shape
-            side = math.isqrt(tokens)
-            self.to_map = TokensToMap(tokens - side * side, side)
-        elif len(in_shape) == 1:
-            cin, side = min(max(in_shape[0], 64), 512), min(4, size)
-            self.to_map = VectorToMap(in_shape[0], cin, side)
-        else:
-            raise SplitinvError(f"DCI cannot invert features of shape {tuple(in_shape)}.")
+        self.to_map, cin, side = to_map(in_shape, size)
         w = int(width or min(256, max(64, cin)))
         ups = max(0, math.ceil(math.log2(size / side))) if side < size else 0
-        layers: list[nn.Module] = [_conv_block(cin, w)]
+        layers: list[nn.Module] = [conv_block(cin, w)]
         for _ in range(ups):  # halve the width at each upsampling, as the decoder does
-            layers.append(_up_block(w, max(16, w // 2)))
+            layers.append(up_block(w, max(16, w // 2)))
             w = max(16, w // 2)
         if ups == 0:
-            layers.append(_conv_block(w, w))
+            layers.append(conv_block(w, w))
         self.body = nn.Sequential(*layers)
         self.out = nn.Conv2d(w, cout, 3, padding=1)
         self.size = (out_shape[1], out_shape[2])

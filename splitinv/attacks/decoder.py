@@ -46,19 +46,39 @@ class VectorToMap(nn.Module):
         return self.linear(z.flatten(1)).view(z.shape[0], self.width, self.side, self.side)
 
 
-def _conv_block(cin: int, cout: int) -> nn.Sequential:
+def to_map(feature_shape: tuple[int, ...], size: int) -> tuple[nn.Module, int, int]:
+    """(module, channels, side): lays one image's features out as a (C, side, side) map for a conv decoder.
+
+    Feature maps pass through; ViT tokens are laid out on their grid; vectors go through one linear layer.
+    """
+    if len(feature_shape) == 3:
+        return nn.Identity(), feature_shape[0], feature_shape[1]
+    if len(feature_shape) == 2:
+        tokens, cin = feature_shape
+        side = math.isqrt(tokens)
+        return TokensToMap(tokens - side * side, side), cin, side
+    if len(feature_shape) == 1:
+        cin, side = min(max(feature_shape[0], 64), 512), min(4, size)
+        return VectorToMap(feature_shape[0], cin, side), cin, side
+    raise SplitinvError(
+        f"cannot invert features of shape {tuple(feature_shape)}: expected (C, H, W) maps, (N, C) tokens "
+        "or (C,) vectors."
+    )
+
+
+def conv_block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True)
     )
 
 
-def _up_block(cin: int, cout: int) -> nn.Sequential:
+def up_block(cin: int, cout: int) -> nn.Sequential:
     # A 4x4 stride-2 transposed conv (Dosovitskiy & Brox): on CPU it trains ~5x faster than upsample + conv.
     return nn.Sequential(
         nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1),
         nn.BatchNorm2d(cout),
         nn.LeakyReLU(0.2, inplace=True),
-        _conv_block(cout, cout),
+        conv_block(cout, cout),
     )
 
 
@@ -71,26 +91,12 @@ class Decoder(nn.Module):
         super().__init__()
         self.feature_shape, self.image_shape = tuple(feature_shape), tuple(image_shape)
         channels, size = image_shape[0], image_shape[1]
-        if len(feature_shape) == 3:
-            cin, side = feature_shape[0], feature_shape[1]
-            self.to_map: nn.Module = nn.Identity()
-        elif len(feature_shape) == 2:
-            tokens, cin = feature_shape
-            side = math.isqrt(tokens)
-            self.to_map = TokensToMap(tokens - side * side, side)
-        elif len(feature_shape) == 1:
-            cin, side = min(max(feature_shape[0], 64), 512), min(4, size)
-            self.to_map = VectorToMap(feature_shape[0], cin, side)
-        else:
-            raise SplitinvError(
-                f"cannot build a decoder from features of shape {feature_shape}: expected (C, H, W) maps, "
-                "(N, C) tokens or (C,) vectors."
-            )
+        self.to_map, cin, side = to_map(feature_shape, size)
         ups = max(0, math.ceil(math.log2(size / side))) if side < size else 0
         w = int(width or min(512, max(64, 32 * 2**ups), 8 * size))  # more upsampling: wider; capped by size
-        layers: list[nn.Module] = [_conv_block(cin, w)]
+        layers: list[nn.Module] = [conv_block(cin, w)]
         for _ in range(ups):
-            layers.append(_up_block(w, max(32, w // 2)))
+            layers.append(up_block(w, max(32, w // 2)))
             w = max(32, w // 2)
         self.body = nn.Sequential(*layers)
         self.out = nn.Conv2d(w, channels, 3, padding=1)
