@@ -201,3 +201,20 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, overrides: lis
 
     assert re.search(message, error_lines[0]), error_lines[0]
     assert not list(tmp_path.rglob("metrics.json"))
+
+
+def test_decoder_checkpoint_rebuilds_its_own_architecture(tmp_path: Path) -> None:
+    from splitinv.attacks.decoder import DECODER_FORMAT, DecoderAttack
+
+    attack = DecoderAttack()
+    attack.decoder = build_decoder((256, 2, 2), (3, 32, 32))
+    attack.save(tmp_path / "decoder.pt")
+    z = torch.rand(2, 256, 2, 2)
+    with torch.no_grad():
+        assert torch.equal(load_decoder(tmp_path / "decoder.pt")(z), attack.decoder.eval()(z))
+    broken = torch.load(tmp_path / "decoder.pt", weights_only=True)
+    broken["width"] = 64  # not the width its weights were trained with
+    assert broken["format"] == DECODER_FORMAT
+    torch.save(broken, tmp_path / "old.pt")
+    with pytest.raises(SplitinvError, match="does not fit the architecture"):
+        load_decoder(tmp_path / "old.pt")

@@ -94,6 +94,7 @@ class Decoder(nn.Module):
         self.to_map, cin, side = to_map(feature_shape, size)
         ups = max(0, math.ceil(math.log2(size / side))) if side < size else 0
         w = int(width or min(512, max(64, 32 * 2**ups), 8 * size))  # more upsampling: wider; capped by size
+        self.width = w  # saved with the weights, so a checkpoint rebuilds the same architecture
         layers: list[nn.Module] = [conv_block(cin, w)]
         for _ in range(ups):
             layers.append(up_block(w, max(32, w // 2)))
@@ -265,7 +266,7 @@ class DecoderAttack(Attack):
                 "format": DECODER_FORMAT,
                 "feature_shape": list(self.decoder.feature_shape),
                 "image_shape": list(self.decoder.image_shape),
-                "width": self.settings["width"],
+                "width": self.decoder.width,
                 "state_dict": self.decoder.state_dict(),
             },
             path,
@@ -283,5 +284,11 @@ def load_decoder(path: str | Path) -> Decoder:
             f"{path} is not a splitinv decoder checkpoint (expected format {DECODER_FORMAT})."
         )
     decoder = build_decoder(tuple(obj["feature_shape"]), tuple(obj["image_shape"]), obj.get("width"))
-    decoder.load_state_dict(obj["state_dict"])
+    try:
+        decoder.load_state_dict(obj["state_dict"])
+    except RuntimeError as err:
+        raise SplitinvError(
+            f"decoder checkpoint {path} does not fit the architecture it describes (an older splitinv's?): "
+            "retrain it with attack=decoder."
+        ) from err
     return decoder.eval()
