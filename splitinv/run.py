@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib.resources
-import inspect
 import json
 import logging
 import platform
@@ -102,8 +101,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     try:
         attack.cut_info = cut_info  # optimisation attacks pick their schedule from the cut's depth
-        white_box = {"victim": victim} if "victim" in inspect.signature(attack.fit).parameters else {}
-        attack.fit(head, _fit_data(cfg, point, victim, datamodule, attack), trainer, image_shape, **white_box)
+        attack.fit(
+            head, _fit_data(cfg, point, victim, datamodule, attack), trainer, image_shape, victim=victim
+        )
         victim.to(device)
         datamodule.setup("predict")
         ev = evaluate(
@@ -116,10 +116,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             trainer=trainer,
             reconstructions_dir=out_dir / "reconstructions" if attack.per_image else None,
         )
-        record = _record(cfg, victim, datamodule, attack, ev, device, time.perf_counter() - start)
-        record["details"]["cut"] = cut_info
-        record["cut"] = point
+        record = _record(cfg, point, victim, datamodule, attack, ev, device, time.perf_counter() - start)
         record["config_hash"] = key
+        record["details"]["cut"] = cut_info
         image = results.grid(ev.originals, ev.reconstructions)
         extra = {"decoder.pt": attack.save} if getattr(attack, "decoder", None) is not None else {}
         extra[results.IMAGES_FILE] = lambda path: results.save_images(path, ev.originals, ev.reconstructions)
@@ -189,7 +188,14 @@ def _cut_info(victim: Any, point: str, image_size: int) -> dict[str, Any]:
 
 
 def _record(
-    cfg: DictConfig, victim: Any, datamodule: Any, attack: Any, ev: Any, device: torch.device, seconds: float
+    cfg: DictConfig,
+    point: str,
+    victim: Any,
+    datamodule: Any,
+    attack: Any,
+    ev: Any,
+    device: torch.device,
+    seconds: float,
 ) -> dict[str, Any]:
     """The flat row a table builder reads: metric summaries and identifying config values at the top."""
     warnings_ = []
@@ -204,7 +210,7 @@ def _record(
         **results.summary(ev.per_image),
         "victim": victim.name,
         "weights": victim.weights,
-        "cut": cfg.cut,
+        "cut": point,  # resolved for this victim; cut_spec keeps what was asked (stage:2, depth:0.5, ...)
         "cut_spec": str(cfg.cut),
         "attack": attack.name,
         "data": datamodule.name,

@@ -42,9 +42,17 @@ class Attack(ABC):
     cut_info: dict[str, Any] | None = None
 
     def fit(  # noqa: B027 - optional: per-image attacks learn nothing
-        self, head: nn.Module, datamodule: Any, trainer: Any, image_shape: tuple[int, int, int]
+        self,
+        head: nn.Module,
+        datamodule: Any,
+        trainer: Any,
+        image_shape: tuple[int, int, int],
+        victim: nn.Module | None = None,
     ) -> None:
-        """Learn from auxiliary images pushed through ``head`` (no-op for per-image attacks)."""
+        """Learn from auxiliary images pushed through ``head`` (no-op for per-image attacks).
+
+        ``victim`` is the whole network, for white-box attacks that use more than the head (DCI's synthesis).
+        """
 
     @abstractmethod
     def invert(self, features: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:

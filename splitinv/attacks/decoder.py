@@ -217,7 +217,12 @@ class DecoderAttack(Attack):
         self.train_stats: dict[str, float] = {}
 
     def fit(
-        self, head: nn.Module, datamodule: Any, trainer: L.Trainer, image_shape: tuple[int, int, int]
+        self,
+        head: nn.Module,
+        datamodule: Any,
+        trainer: L.Trainer,
+        image_shape: tuple[int, int, int],
+        victim: nn.Module | None = None,
     ) -> None:
         if self.checkpoint:
             self.decoder = load_decoder(self.checkpoint)

@@ -60,7 +60,14 @@ class HybridAttack(OptimizationAttack):
         # the decoder trains from (image, head(image)) pairs only: the run's feature cache can feed it
         self.uses_features = self.decoder_checkpoint is None
 
-    def fit(self, head: nn.Module, datamodule: Any, trainer: Any, image_shape: tuple[int, int, int]) -> None:
+    def fit(
+        self,
+        head: nn.Module,
+        datamodule: Any,
+        trainer: Any,
+        image_shape: tuple[int, int, int],
+        victim: nn.Module | None = None,
+    ) -> None:
         """Train (or load) the decoder through the head, then store the head and fix the schedule."""
         super().fit(head, datamodule, trainer, image_shape)
         try:

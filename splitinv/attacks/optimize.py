@@ -382,7 +382,14 @@ class OptimizationAttack(Attack):
         return self.settings.steps
 
     # ------------------------------------------------------------------ interface
-    def fit(self, head: nn.Module, datamodule: Any, trainer: Any, image_shape: tuple[int, int, int]) -> None:
+    def fit(
+        self,
+        head: nn.Module,
+        datamodule: Any,
+        trainer: Any,
+        image_shape: tuple[int, int, int],
+        victim: nn.Module | None = None,
+    ) -> None:
         """Store the head (white-box: the attacker knows its weights) and fix the schedule."""
         self.head = head
         self.image_shape = tuple(image_shape)
