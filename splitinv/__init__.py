@@ -13,7 +13,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree that was never installed
     __version__ = "0.0.0"
 
-from splitinv import metrics
+from splitinv import gans, metrics  # gans registers the GAN discriminators as victims
 from splitinv.cut import cut, cut_points, describe_cut_points, stage_points
 from splitinv.errors import SplitinvError
 from splitinv.victims import Victim, build_victim
@@ -26,6 +26,7 @@ __all__ = [
     "cut",
     "cut_points",
     "describe_cut_points",
+    "gans",
     "metrics",
     "stage_points",
 ]

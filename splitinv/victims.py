@@ -11,6 +11,7 @@ import logging
 import os
 import urllib.error
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,21 @@ class Victim(nn.Module):
         return {"format": CHECKPOINT_FORMAT, **meta, "state_dict": self.model.state_dict()}
 
 
+# Victims that are neither torchvision nor timm models (GAN discriminators): name -> builder taking
+# (weights, num_classes, image_size, **kwargs) and returning a Victim. Filled by register_victim.
+_REGISTRY: dict[str, Callable[..., Victim]] = {}
+
+
+def register_victim(name: str) -> Callable[[Callable[..., Victim]], Callable[..., Victim]]:
+    """Decorator adding a victim builder under ``name`` (for networks outside torchvision and timm)."""
+
+    def add(builder: Callable[..., Victim]) -> Callable[..., Victim]:
+        _REGISTRY[name] = builder
+        return builder
+
+    return add
+
+
 def torchvision_names() -> list[str]:
     """Classification models that torchvision can build by name."""
     return sorted(torchvision.models.list_models(module=torchvision.models))
@@ -97,7 +113,7 @@ def torchvision_names() -> list[str]:
 
 def available_victims() -> list[str]:
     """Every name :func:`build_victim` accepts (torchvision's classifiers, then timm's models)."""
-    return sorted(set(torchvision_names()) | set(timm.list_models()))
+    return sorted(set(torchvision_names()) | set(timm.list_models()) | set(_REGISTRY))
 
 
 def _resolve_family(name: str) -> tuple[str, str]:
@@ -258,6 +274,8 @@ def build_victim(
         image_size: the side of the square input images (default: the weights' resolution, or 224).
         model_kwargs: passed to the model constructor (e.g. ``image_size`` for torchvision ViTs).
     """
+    if str(name) in _REGISTRY:
+        return _REGISTRY[str(name)](weights, num_classes=num_classes, image_size=image_size, **model_kwargs)
     family, name = _resolve_family(str(name))
     if str(weights).lower() != "imagenet" or family == "timm":
         model_kwargs = _size_kwargs(family, name, image_size, model_kwargs)

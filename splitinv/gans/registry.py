@@ -1,0 +1,89 @@
+"""Generators by name (``dcgan``, ``progan``, ``biggan``, or a user's), with weights from local files."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from splitinv.errors import SplitinvError
+from splitinv.gans.base import Generator
+
+_GENERATORS: dict[str, Callable[..., Generator]] = {}
+
+
+def register_generator(name: str) -> Callable[[Callable[..., Generator]], Callable[..., Generator]]:
+    """Decorator adding a builder ``(weights, **kwargs) -> Generator`` under ``name``."""
+
+    def add(builder: Callable[..., Generator]) -> Callable[..., Generator]:
+        _GENERATORS[name] = builder
+        return builder
+
+    return add
+
+
+def available_generators() -> list[str]:
+    return sorted(_GENERATORS)
+
+
+def is_random(weights: Any) -> bool:
+    return weights is None or str(weights).lower() in ("", "none", "null", "random")
+
+
+def warn_random(name: str) -> None:
+    warnings.warn(
+        f"generator {name} has RANDOM weights (weights=None): its images are not those of a trained GAN; "
+        "pass a weights file for meaningful results.",
+        stacklevel=3,
+    )
+
+
+def build_generator(name: str, weights: str | os.PathLike | None = None, **kwargs: Any) -> Generator:
+    """Build generator ``name`` with weights from a local file (``None``: random, warned about)."""
+    if name not in _GENERATORS:
+        close = difflib.get_close_matches(str(name), available_generators(), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise SplitinvError(
+            f"unknown generator {name!r}.{hint} Known: {', '.join(available_generators())}; "
+            "register your own with splitinv.gans.register_generator."
+        )
+    if not is_random(weights) and not Path(weights).expanduser().exists():
+        raise SplitinvError(f"generator weights {weights} do not exist: pass a local file, or weights=null.")
+    generator = _GENERATORS[name](None if is_random(weights) else Path(weights).expanduser(), **kwargs)
+    return generator.eval()
+
+
+def load_weights_file(path: Path, what: str) -> dict[str, Any]:
+    """A dict from a local weights file, loaded safely (``weights_only=True``), or a one-line error."""
+    if not path.is_file():
+        raise SplitinvError(f"{what} weights file {path} does not exist.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise SplitinvError(
+            f"cannot load {what} weights {path} safely ({type(err).__name__}): splitinv loads only plain "
+            "state_dicts and its own checkpoints (torch.load weights_only=True)."
+        ) from err
+    if not isinstance(obj, dict):
+        raise SplitinvError(f"{what} weights file {path} holds a {type(obj).__name__}, not a state_dict.")
+    return obj
+
+
+def load_strict(module: torch.nn.Module, state: dict[str, Any], path: Any, what: str) -> None:
+    """load_state_dict that reports a mismatch in one line (missing, unexpected, wrong-shape keys)."""
+    own = module.state_dict()
+    wrong = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k].shape]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if wrong or missing or unexpected:
+        raise SplitinvError(
+            f"weights {path} do not fit {what} (missing {len(missing)}, unexpected {len(unexpected)}, "
+            f"wrong shape {len(wrong)}; first: {[*wrong, *missing, *unexpected][:3]}): is it a {what} "
+            "checkpoint with the same architecture settings?"
+        )
+    module.load_state_dict(state)

@@ -1,0 +1,152 @@
+"""``splitinv-train-gan``: train the DCGAN pair on a datamodule, save a ``splitinv-gan/1`` checkpoint.
+
+The loss is the non-saturating GAN loss of Goodfellow et al. with Adam (lr 2e-4, betas (0.5, 0.999)), the
+DCGAN paper's settings. Training one GAN on very few images until it memorises them is how the audit's test
+builds a GAN that leaks its training set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from splitinv.errors import SplitinvError
+from splitinv.gans.dcgan import GAN_FORMAT, DCGANDiscriminator, DCGANGenerator
+
+log = logging.getLogger(__name__)
+CHECKPOINT_NAME = "gan.pt"
+
+
+class GANModule(L.LightningModule):
+    """Alternating D and G steps (manual optimisation) on images in [0, 1] from any splitinv datamodule."""
+
+    def __init__(
+        self,
+        generator: DCGANGenerator,
+        discriminator: DCGANDiscriminator,
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.5, 0.999),
+    ) -> None:
+        super().__init__()
+        self.generator, self.discriminator = generator, discriminator
+        self.lr, self.betas = lr, tuple(betas)
+        self.automatic_optimization = False
+
+    def _d(self, images01: torch.Tensor) -> torch.Tensor:
+        return self.discriminator(images01 * 2 - 1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        real = batch[0] if isinstance(batch, (list, tuple)) else batch["image"]
+        opt_g, opt_d = self.optimizers()
+        z = self.generator.sample_latent(real.shape[0], device=real.device)
+        fake = self.generator(z)
+        ones = torch.ones(real.shape[0], 1, device=real.device)
+        zeros = torch.zeros_like(ones)
+        loss_d = F.binary_cross_entropy_with_logits(self._d(real), ones) + F.binary_cross_entropy_with_logits(
+            self._d(fake.detach()), zeros
+        )
+        opt_d.zero_grad()
+        self.manual_backward(loss_d)
+        opt_d.step()
+        loss_g = F.binary_cross_entropy_with_logits(self._d(fake), ones)
+        opt_g.zero_grad()
+        self.manual_backward(loss_g)
+        opt_g.step()
+        if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
+            raise SplitinvError(
+                f"GAN losses became D {loss_d.item()}, G {loss_g.item()}: lower lr ({self.lr})."
+            )
+        self.log_dict({"train/loss_d": loss_d, "train/loss_g": loss_g}, prog_bar=True, batch_size=len(real))
+
+    def configure_optimizers(self) -> Any:
+        return (
+            torch.optim.Adam(self.generator.parameters(), lr=self.lr, betas=self.betas),
+            torch.optim.Adam(self.discriminator.parameters(), lr=self.lr, betas=self.betas),
+        )
+
+
+def checkpoint(generator: DCGANGenerator, discriminator: DCGANDiscriminator, **meta: Any) -> dict[str, Any]:
+    """The dict that ``build_generator('dcgan', weights=...)`` and ``dcgan_discriminator`` load back."""
+    return {
+        "format": GAN_FORMAT,
+        "generator_config": generator.config(),
+        "generator": generator.state_dict(),
+        "discriminator_config": discriminator.config(),
+        "discriminator": discriminator.state_dict(),
+        **meta,
+    }
+
+
+def save_gan(
+    generator: DCGANGenerator, discriminator: DCGANDiscriminator, path: str | Path, **meta: Any
+) -> Path:
+    """Write the checkpoint atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".gan-", suffix=".pt", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(checkpoint(generator, discriminator, **meta), tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def train_gan(cfg: DictConfig) -> dict[str, Any]:
+    """Train a DCGAN on ``cfg.data``'s auxiliary (training) split and save it; returns where and on what."""
+    from splitinv.run import instantiate
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    generator = DCGANGenerator(
+        nz=cfg.gan.nz, ngf=cfg.gan.ngf, channels=datamodule.channels, image_size=datamodule.image_size
+    )
+    discriminator = DCGANDiscriminator(
+        ndf=cfg.gan.ndf, channels=datamodule.channels, image_size=datamodule.image_size
+    )
+    module = GANModule(generator, discriminator, lr=cfg.gan.lr, betas=tuple(cfg.gan.betas))
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger)
+    try:
+        trainer.fit(module, train_dataloaders=datamodule.train_dataloader())
+    finally:
+        if logger and type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            wandb.finish()
+    out = Path(cfg.checkpoint or Path(cfg.paths.output_dir) / CHECKPOINT_NAME)
+    data = datamodule.describe()
+    if trainer.is_global_zero:
+        save_gan(
+            generator.cpu().eval(), discriminator.cpu().eval(), out, data=data, steps=trainer.global_step
+        )
+    log.info("DCGAN on %s (%d steps) -> %s", datamodule.name, trainer.global_step, out)
+    return {"checkpoint": str(out), "steps": int(trainer.global_step), "data": data}
+
+
+@hydra.main(version_base="1.3", config_path="pkg://splitinv.conf", config_name="train_gan")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        result = train_gan(cfg)
+    except SplitinvError as err:
+        print(f"splitinv-train-gan: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(OmegaConf.to_yaml(OmegaConf.create(result)).strip())
+
+
+def main() -> None:
+    """Console entry point."""
+    _hydra_main()
