@@ -114,6 +114,8 @@ CONTRACT: dict[str, Any] = {
     "label_agreement": "per-image 1.0 where top-1 of the victim on x_hat equals its top-1 on x",
     "accuracy_hat": "per-image 1.0 where top-1 of the victim on x_hat equals the ground-truth label",
     "recognisable": f"ssim >= {RECOGNISABLE_SSIM}",
+    "state_error": "GAN inversion of generated images: per image ||r_hat - r||^2 / ||r||^2 for each tensor "
+    "crossing the generator cut (state_error_h; BigGAN also state_error_cond)",
     "std": "sample (ddof=1), 0.0 for one image",
     "precision": "float32 (autocast off; SSIM statistics accumulated in float64)",
 }
@@ -127,6 +129,8 @@ DIRECTION: dict[str, str] = {
     "feature_error": "lower",
     "label_agreement": "higher",
     "accuracy_hat": "higher",
+    "state_error_h": "lower",
+    "state_error_cond": "lower",
 }
 
 

@@ -3,6 +3,7 @@
 from splitinv.attacks.base import Attack, AttackerKnowledge
 from splitinv.attacks.dci import DCIAttack
 from splitinv.attacks.decoder import DecoderAttack, build_decoder
+from splitinv.attacks.gan_prior import GANPriorAttack, optimize_state
 from splitinv.attacks.hybrid import HybridAttack
 from splitinv.attacks.optimize import OptimizationAttack, OptimizeSettings
 from splitinv.attacks.priors import BNStatsPrior
@@ -13,8 +14,10 @@ __all__ = [
     "BNStatsPrior",
     "DCIAttack",
     "DecoderAttack",
+    "GANPriorAttack",
     "HybridAttack",
     "OptimizationAttack",
     "OptimizeSettings",
     "build_decoder",
+    "optimize_state",
 ]
