@@ -137,7 +137,7 @@ def _audit(args: argparse.Namespace) -> None:
     print("\n".join(f"wrote {path}" for path in report.files.values()))
     if run is not None:
         hint = f" (offline: `wandb sync {run.settings.sync_dir}` uploads it)" if run.offline else ""
-        print(f"logged to W&B run {run.name}{hint}")
+        print(f"logged to W&B run {run.name or run.id}{hint}")
 
 
 def build_parser() -> argparse.ArgumentParser:
