@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from splitinv import metrics, results
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator
-from splitinv.gans.invert import METHODS, invert_batches, state_error, train_encoder
+from splitinv.gans.invert import METHODS, invert_batches, perceptual_loss, state_error, train_encoder
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ def gan_invert(cfg: DictConfig) -> dict[str, Any]:
     if cfg.method in ("encoder", "hybrid"):
         encoder = train_encoder(generator, cfg.layer, trainer, **cfg.encoder)
     generator.to(trainer.strategy.root_device)
+    perceptual = float(cfg.optimize.perceptual_weight) if cfg.method != "encoder" else 0.0
+    dropped = perceptual > 0 and perceptual_loss(perceptual, trainer.strategy.root_device) is None
     state, x_hat = invert_batches(
         generator,
         images,
@@ -123,7 +125,8 @@ def gan_invert(cfg: DictConfig) -> dict[str, Any]:
         "cost": {"wall_time_s": time.perf_counter() - start, "device": str(trainer.strategy.root_device)},
         "contract": metrics.CONTRACT,
         "warnings": (["generator has RANDOM weights"] if generator.weights == "random" else [])
-        + ([] if per_image.get("lpips") else ["LPIPS unavailable (backbone weights not cached): null"]),
+        + ([] if per_image.get("lpips") else ["LPIPS unavailable (backbone weights not cached): null"])
+        + (["perceptual term dropped (LPIPS-vgg weights not cached): pixel L1 only"] if dropped else []),
         "versions": _versions(),
     }
     if trainer.is_global_zero:
