@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from tqdm.auto import tqdm
 
 from splitinv.cut import extractor
 from splitinv.errors import SplitinvError
+from splitinv.io import save_atomic
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = "splitinv-features/1"
@@ -128,20 +127,9 @@ class FeatureCache:
             if extract is not None:
                 for point, value in extract(x.to(device)).items():
                     feats[point].append(value.to(DTYPES[self.dtype]).cpu())
-        _save({"images": torch.cat(images)}, self.path(None))
+        save_atomic({"images": torch.cat(images)}, self.path(None))
         for point in todo:
-            _save({"features": torch.cat(feats[point]), "identity": self._identity}, self.path(point))
-
-
-def _save(obj: dict[str, Any], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+            save_atomic({"features": torch.cat(feats[point]), "identity": self._identity}, self.path(point))
 
 
 class _Pairs(Dataset):

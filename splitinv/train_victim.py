@@ -7,9 +7,7 @@ trains a ResNet-18 on the Fashion-MNIST subset that ships with splitinv).
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from splitinv.errors import SplitinvError
+from splitinv.io import save_atomic
 from splitinv.victims import Victim
 
 log = logging.getLogger(__name__)
@@ -68,17 +67,7 @@ class ClassifierModule(L.LightningModule):
 
 def save_victim(victim: Victim, path: str | Path) -> Path:
     """Write ``victim.checkpoint()`` atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".victim-", suffix=".pt", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(victim.checkpoint(), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_atomic(victim.checkpoint(), path)
 
 
 def train_victim(cfg: DictConfig) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import torchvision
 from torch import nn
 
 from splitinv.errors import SplitinvError
+from splitinv.io import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -238,21 +239,11 @@ def _num_classes(model: nn.Module) -> int:
 
 
 def _load_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise SplitinvError(
-            f"victim weights file {path} does not exist: pass weights=imagenet, weights=null (random), or a "
-            "checkpoint written by `splitinv-train-victim`."
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise SplitinvError(
-            f"cannot load victim weights {path} safely ({type(err).__name__}): splitinv loads only plain "
-            "state_dicts and its own checkpoints (torch.load weights_only=True)."
-        ) from err
-    if not isinstance(obj, dict):
-        raise SplitinvError(f"victim weights file {path} holds a {type(obj).__name__}, not a state_dict.")
-    return obj
+    return load_weights(
+        path,
+        "victim",
+        "pass weights=imagenet, weights=null (random), or a checkpoint written by `splitinv-train-victim`.",
+    )
 
 
 def build_victim(

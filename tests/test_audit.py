@@ -99,7 +99,7 @@ def test_facenet_loads_a_facenet_pytorch_state_dict_strictly(tmp_path: Path, one
     with pytest.raises(SplitinvError, match=r"missing 1, unexpected 1") as err:
         load_facenet(tmp_path / "wrong.pt")
     assert "\n" not in str(err.value)
-    with pytest.raises(SplitinvError, match="do not exist"):
+    with pytest.raises(SplitinvError, match="does not exist"):
         load_facenet(tmp_path / "absent.pt")
 
 
@@ -124,7 +124,7 @@ def test_build_embedder_errors() -> None:
         build_embedder("facenet")
     with pytest.raises(SplitinvError, match="unknown embedder"):
         build_embedder("clip")
-    with pytest.raises(SplitinvError, match="do not exist"):
+    with pytest.raises(SplitinvError, match="does not exist"):
         build_embedder("auto", weights="/nonexistent/facenet.pt")  # auto + weights, no victim: facenet
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from splitinv.errors import SplitinvError
+from splitinv.io import load_weights
 
 EMBEDDING_DIM = 512
 INPUT_SIZE = 160
@@ -205,18 +206,12 @@ def load_facenet(weights: str | os.PathLike | None) -> InceptionResnetV1:
     if weights is None:
         return InceptionResnetV1().eval()
     path = Path(weights).expanduser()
-    if not path.is_file():
-        raise SplitinvError(
-            f"face recogniser weights {path} do not exist: pass facenet-pytorch's InceptionResnetV1 "
-            "state_dict (20180402-114759-vggface2.pt or 20180408-102900-casia-webface.pt) as a local file."
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise SplitinvError(
-            f"cannot load face recogniser weights {path} safely ({type(err).__name__}): pass a plain "
-            "state_dict (torch.load weights_only=True)."
-        ) from err
+    state = load_weights(
+        path,
+        "face recogniser",
+        "pass facenet-pytorch's InceptionResnetV1 state_dict (20180402-114759-vggface2.pt or "
+        "20180408-102900-casia-webface.pt) as a local file.",
+    )
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):

@@ -13,6 +13,7 @@ import torch
 
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator
+from splitinv.io import load_weights
 
 _GENERATORS: dict[str, Callable[..., Generator]] = {}
 
@@ -59,19 +60,8 @@ def build_generator(name: str, weights: str | os.PathLike | None = None, **kwarg
 
 
 def load_weights_file(path: Path, what: str) -> dict[str, Any]:
-    """A dict from a local weights file, loaded safely (``weights_only=True``), or a one-line error."""
-    if not path.is_file():
-        raise SplitinvError(f"{what} weights file {path} does not exist.")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise SplitinvError(
-            f"cannot load {what} weights {path} safely ({type(err).__name__}): splitinv loads only plain "
-            "state_dicts and its own checkpoints (torch.load weights_only=True)."
-        ) from err
-    if not isinstance(obj, dict):
-        raise SplitinvError(f"{what} weights file {path} holds a {type(obj).__name__}, not a state_dict.")
-    return obj
+    """A dict from a local weights file (``weights_only=True``), or a one-line error."""
+    return load_weights(path, what)
 
 
 def load_strict(module: torch.nn.Module, state: dict[str, Any], path: Any, what: str) -> None:

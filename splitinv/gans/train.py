@@ -8,9 +8,7 @@ builds a GAN that leaks its training set.
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from splitinv.errors import SplitinvError
 from splitinv.gans.dcgan import GAN_FORMAT, DCGANDiscriminator, DCGANGenerator
+from splitinv.io import save_atomic
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "gan.pt"
@@ -91,17 +90,7 @@ def save_gan(
     generator: DCGANGenerator, discriminator: DCGANDiscriminator, path: str | Path, **meta: Any
 ) -> Path:
     """Write the checkpoint atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".gan-", suffix=".pt", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(checkpoint(generator, discriminator, **meta), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_atomic(checkpoint(generator, discriminator, **meta), path)
 
 
 def train_gan(cfg: DictConfig) -> dict[str, Any]:
