@@ -277,3 +277,17 @@ def test_gan_prior_through_splitinv_run(gan_file: Path, tmp_path: Path) -> None:
     assert record["attack"] == "gan_prior" and record["ssim"]["n"] == 2
     assert record["details"]["attack"]["generator"]["weights"] == str(gan_file)
     assert record["cost"]["steps_per_image"] == 10 and record["access"] == "white-box"
+
+
+def test_readme_generator_adapter_example_runs() -> None:
+    """The README's "your own generator" example is code that works, not prose."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    start = text.index("```python", text.index("**Your own generator**")) + len("```python")
+    code = text[start : text.index("```", start)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the example builds a random generator on purpose
+        exec(compile(code, "README.md", "exec"), {})
+    g = build_generator("mygan")
+    assert (
+        g.cut_points() == ["latent", "block1", "block2", "output"] and g(g.sample_latent(1)).shape[-1] == 16
+    )
