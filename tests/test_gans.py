@@ -254,6 +254,7 @@ def test_gan_prior_decoder_init_starts_closer(head_and_images) -> None:
 
 def test_gan_prior_bad_settings(head_and_images) -> None:
     _, _, g, _ = head_and_images
+    assert GANPriorAttack(g, search="latent").start(torch.zeros(1, g.nz)).keys() == {"z"}  # = search z
     with pytest.raises(SplitinvError, match="not a cut point"):
         GANPriorAttack(g, search="w+")
     with pytest.raises(SplitinvError, match="restarts"):

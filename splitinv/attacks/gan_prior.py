@@ -156,8 +156,9 @@ class GANPriorAttack(Attack):
         self.generator = generator.eval()
         for p in self.generator.parameters():
             p.requires_grad_(False)
+        in_latent = search in generator.latent_spaces or search == LATENT  # "latent": the default space
         self.space = search if search in generator.latent_spaces else generator.latent_spaces[0]
-        self.point = LATENT if search in generator.latent_spaces else search
+        self.point = LATENT if in_latent else search
         generator.check_point(self.point)  # a one-line error for an unknown layer
         self.search, self.name, self.seed, self.progress = search, name, int(seed), bool(progress)
         self.steps = int(_number("steps", steps, 1))
