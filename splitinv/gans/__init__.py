@@ -2,6 +2,10 @@
 
 ``build_generator(name, weights)`` builds ``dcgan``, ``progan`` or ``biggan`` (weights from local files only);
 a new generator is a :class:`Generator` subclass registered with :func:`register_generator`.
+
+Two levels live here. ``base``, ``registry`` and the adapters (``dcgan``, ``progan``, ``biggan``) sit beside
+victims: attacks import them (``attacks/gan_prior.py``). ``invert``, ``run``, ``train`` and ``audit`` sit
+beside the run: they use attacks and metrics, and nothing below imports them.
 """
 
 from splitinv.gans import biggan, dcgan, progan  # noqa: F401 - registers them and the dcgan discriminator
