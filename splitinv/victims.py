@@ -92,6 +92,11 @@ class Victim(nn.Module):
         return {"format": CHECKPOINT_FORMAT, **meta, "state_dict": self.model.state_dict()}
 
 
+def is_random_weights(weights: Any) -> bool:
+    """Whether a ``weights`` value asks for random initialisation (None, "", "none", "null", "random")."""
+    return weights is None or str(weights).lower() in ("", "none", "null", "random")
+
+
 # Victims that are neither torchvision nor timm models (GAN discriminators): name -> builder taking
 # (weights, num_classes, image_size, **kwargs) and returning a Victim. Filled by register_victim.
 _REGISTRY: dict[str, Callable[..., Victim]] = {}
@@ -273,7 +278,7 @@ def build_victim(
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     weights_desc: str
     default_size = 224
-    if weights is None or str(weights).lower() in ("none", "null", "random", ""):
+    if is_random_weights(weights):
         model = _build_random(family, name, num_classes, model_kwargs)
         weights_desc = "random"
         warnings.warn(

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator, State
-from splitinv.gans.registry import load_strict, load_weights_file, register_generator, warn_random
+from splitinv.gans.registry import load_strict, register_generator, warn_random
+from splitinv.io import load_weights
 
 WEIGHTS_NAME = "pytorch_model.bin"
 CONFIG_NAME = "config.json"
@@ -210,7 +211,7 @@ def build_biggan(
             "is it a pytorch-pretrained-biggan config.json?"
         ) from err
     # BigGAN.from_pretrained loads with strict=False, silently skipping missing keys: load strictly instead.
-    state = load_weights_file(folder / WEIGHTS_NAME, "BigGAN")
+    state = load_weights(folder / WEIGHTS_NAME, "BigGAN")
     load_strict(model, state, folder / WEIGHTS_NAME, "BigGAN-deep generator (as config.json describes)")
     generator = BigGANGenerator(model, truncation, class_index)
     generator.weights = str(folder)

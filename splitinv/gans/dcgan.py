@@ -19,8 +19,9 @@ from torch import Tensor, nn
 
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator, sequential_stages
-from splitinv.gans.registry import load_strict, load_weights_file, register_generator, warn_random
-from splitinv.victims import Victim, register_victim
+from splitinv.gans.registry import load_strict, register_generator, warn_random
+from splitinv.io import load_weights
+from splitinv.victims import Victim, is_random_weights, register_victim
 
 GAN_FORMAT = "splitinv-gan/1"
 
@@ -113,7 +114,7 @@ class DCGANDiscriminator(nn.Module):
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A ``splitinv-gan/1`` checkpoint written by ``splitinv-train-gan``, or a one-line error."""
-    obj = load_weights_file(path, "DCGAN")
+    obj = load_weights(path, "DCGAN")
     if obj.get("format") != GAN_FORMAT:
         raise SplitinvError(
             f"{path} is not a DCGAN checkpoint written by splitinv-train-gan (format {obj.get('format')!r})."
@@ -139,7 +140,7 @@ def build_dcgan_discriminator(
     weights: str | Path | None, num_classes: int | None = None, image_size: int | None = None, **kwargs: Any
 ) -> Victim:
     """The discriminator of a ``splitinv-train-gan`` checkpoint as a victim on [0, 1] images (one logit)."""
-    if weights is None or str(weights).lower() in ("", "none", "null", "random"):
+    if is_random_weights(weights):
         warnings.warn("victim dcgan_discriminator has RANDOM weights (weights=None).", stacklevel=3)
         model, desc = DCGANDiscriminator(image_size=image_size or 32, **kwargs), "random"
     else:

@@ -32,7 +32,8 @@ from torch import Tensor, nn
 
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator, State, sequential_stages
-from splitinv.gans.registry import load_strict, load_weights_file, register_generator, warn_random
+from splitinv.gans.registry import load_strict, register_generator, warn_random
+from splitinv.io import load_weights
 
 LATENT_DIM = 512
 DEFAULT_RESOLUTION = 256
@@ -215,7 +216,7 @@ def _from_old_layout(state: dict[str, Any]) -> dict[str, Any]:
 
 def progan_state_dict(path: Path) -> dict[str, Tensor]:
     """The ProGAN state_dict in a weights file (a plain state_dict, or a dict with a ``state_dict`` key)."""
-    state = load_weights_file(path, "ProGAN")
+    state = load_weights(path, "ProGAN")
     if isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if "features.0.conv.weight" in state:

@@ -13,7 +13,7 @@ import torch
 
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator
-from splitinv.io import load_weights
+from splitinv.victims import is_random_weights
 
 _GENERATORS: dict[str, Callable[..., Generator]] = {}
 
@@ -30,10 +30,6 @@ def register_generator(name: str) -> Callable[[Callable[..., Generator]], Callab
 
 def available_generators() -> list[str]:
     return sorted(_GENERATORS)
-
-
-def is_random(weights: Any) -> bool:
-    return weights is None or str(weights).lower() in ("", "none", "null", "random")
 
 
 def warn_random(name: str) -> None:
@@ -53,15 +49,11 @@ def build_generator(name: str, weights: str | os.PathLike | None = None, **kwarg
             f"unknown generator {name!r}.{hint} Known: {', '.join(available_generators())}; "
             "register your own with splitinv.gans.register_generator."
         )
-    if not is_random(weights) and not Path(weights).expanduser().exists():
+    path = None if is_random_weights(weights) else Path(weights).expanduser()
+    if path is not None and not path.exists():
         raise SplitinvError(f"generator weights {weights} do not exist: pass a local file, or weights=null.")
-    generator = _GENERATORS[name](None if is_random(weights) else Path(weights).expanduser(), **kwargs)
+    generator = _GENERATORS[name](path, **kwargs)
     return generator.eval()
-
-
-def load_weights_file(path: Path, what: str) -> dict[str, Any]:
-    """A dict from a local weights file (``weights_only=True``), or a one-line error."""
-    return load_weights(path, what)
 
 
 def load_strict(module: torch.nn.Module, state: dict[str, Any], path: Any, what: str) -> None:
