@@ -1,33 +1,39 @@
-"""Victim classifiers by name: torchvision and timm models, with their weights and their input normalisation.
+"""Victim classifiers: torchvision and timm models by name, and your own network, with their weights and
+their input normalisation.
 
 A :class:`Victim` takes images in [0, 1]; the mean/std normalisation its weights expect is a module inside it,
-so attacks and metrics never see normalised pixels.
+so attacks and metrics never see normalised pixels. :func:`build_victim` builds one by name;
+:func:`wrap_module` makes one of any ``nn.Module`` (:func:`build_custom_victim`, behind ``victim=custom``,
+from a ``"package.module:function"`` that returns it), checking first that a run can use it.
+
+timm and torchvision are imported where they are used, so importing this module costs only torch.
 """
 
 from __future__ import annotations
 
 import difflib
+import inspect
 import logging
 import os
 import urllib.error
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
-import torchvision
 from torch import nn
 
 from splitinv.errors import SplitinvError
 from splitinv.io import load_weights
+from splitinv.registry import Registry, import_target
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "splitinv-victim/1"
+OWN_WEIGHTS = "own"  # what a wrapped module's weights are recorded as when no weights file is given
 # timm architectures whose constructor takes img_size (patch-embedding transformers)
 _TIMM_SIZED = ("vit", "deit", "beit", "eva", "cait", "xcit", "swin", "pvt", "twins")
 
@@ -97,33 +103,37 @@ def is_random_weights(weights: Any) -> bool:
     return weights is None or str(weights).lower() in ("", "none", "null", "random")
 
 
-# Victims that are neither torchvision nor timm models (GAN discriminators): name -> builder taking
-# (weights, num_classes, image_size, **kwargs) and returning a Victim. Filled by register_victim.
-_REGISTRY: dict[str, Callable[..., Victim]] = {}
+# Victims that are neither torchvision nor timm models: name -> builder taking (weights, num_classes,
+# image_size, **kwargs) and returning a Victim. Built-ins are lazy entries (registering imports nothing).
+VICTIMS: Registry[Callable[..., Victim]] = Registry(
+    "victim", "register your own with splitinv.victims.register_victim, or wrap it with wrap_module."
+)
+VICTIMS.register("dcgan_discriminator", "splitinv.gans.dcgan:build_dcgan_discriminator")
 
 
 def register_victim(name: str) -> Callable[[Callable[..., Victim]], Callable[..., Victim]]:
     """Decorator adding a victim builder under ``name`` (for networks outside torchvision and timm)."""
-
-    def add(builder: Callable[..., Victim]) -> Callable[..., Victim]:
-        _REGISTRY[name] = builder
-        return builder
-
-    return add
+    return VICTIMS.register(name)
 
 
 def torchvision_names() -> list[str]:
     """Classification models that torchvision can build by name."""
+    import torchvision
+
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
 def available_victims() -> list[str]:
-    """Every name :func:`build_victim` accepts (torchvision's classifiers, then timm's models)."""
-    return sorted(set(torchvision_names()) | set(timm.list_models()) | set(_REGISTRY))
+    """Every name :func:`build_victim` accepts (torchvision's classifiers, timm's models, registered ones)."""
+    import timm
+
+    return sorted(set(torchvision_names()) | set(timm.list_models()) | set(VICTIMS.names()))
 
 
 def _resolve_family(name: str) -> tuple[str, str]:
     """``resnet18`` -> (torchvision, resnet18); ``timm/resnet18`` or a timm-only name -> (timm, name)."""
+    import timm
+
     if name.startswith(("timm/", "timm:")):
         family, name = "timm", name[5:]
     elif name.startswith(("torchvision/", "tv/")):
@@ -151,6 +161,8 @@ def _cache_dir() -> Path:
 
 
 def _torchvision_imagenet(name: str, num_classes: int | None, kwargs: dict) -> tuple[nn.Module, dict]:
+    import torchvision
+
     weights = torchvision.models.get_model_weights(name).DEFAULT
     if num_classes not in (None, len(weights.meta["categories"])):
         raise SplitinvError(
@@ -187,6 +199,8 @@ def _torchvision_imagenet(name: str, num_classes: int | None, kwargs: dict) -> t
 
 
 def _timm_imagenet(name: str, num_classes: int | None, kwargs: dict) -> tuple[nn.Module, dict]:
+    import timm
+
     if num_classes is not None:
         kwargs = {**kwargs, "num_classes": num_classes}
     try:
@@ -220,7 +234,11 @@ def _build_random(family: str, name: str, num_classes: int | None, kwargs: dict)
     if num_classes is not None:
         kwargs = {**kwargs, "num_classes": num_classes}
     if family == "torchvision":
+        import torchvision
+
         return torchvision.models.get_model(name, weights=None, **kwargs)
+    import timm
+
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
@@ -230,8 +248,11 @@ def _size_kwargs(family: str, name: str, image_size: int | None, kwargs: dict) -
         return kwargs
     if family == "torchvision" and name.startswith("vit_"):
         return {**kwargs, "image_size": int(image_size)}
-    if family == "timm" and timm.models.get_arch_name(name).startswith(_TIMM_SIZED):
-        return {**kwargs, "img_size": int(image_size)}
+    if family == "timm":
+        import timm
+
+        if timm.models.get_arch_name(name).startswith(_TIMM_SIZED):
+            return {**kwargs, "img_size": int(image_size)}
     return kwargs
 
 
@@ -249,6 +270,35 @@ def _load_file(path: Path) -> dict[str, Any]:
         "victim",
         "pass weights=imagenet, weights=null (random), or a checkpoint written by `splitinv-train-victim`.",
     )
+
+
+def _read_weights(path: Path, name: str) -> tuple[Mapping[str, Any], dict[str, Any] | None]:
+    """(state_dict, checkpoint) of a weights file: a splitinv victim checkpoint (which must hold victim
+    ``name``), a dict with a ``state_dict`` entry, or a plain state_dict (no checkpoint for these two)."""
+    obj = _load_file(path)
+    if obj.get("format") == CHECKPOINT_FORMAT:
+        if obj["name"] != name:
+            raise SplitinvError(
+                f"checkpoint {path} holds a {obj['name']} victim, not {name}: set victim.name={obj['name']}"
+            )
+        return obj["state_dict"], obj
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        return obj["state_dict"], None
+    return obj, None
+
+
+def _load_state(model: nn.Module, state: Mapping[str, Any], path: Path, name: str) -> None:
+    """Load ``state`` into ``model`` exactly (every key, every shape), or fail in one line."""
+    own = model.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k].shape]
+    # load_state_dict raises a multi-line RuntimeError on a shape mismatch even with strict=False
+    missing, unexpected = ([], []) if mismatched else model.load_state_dict(state, strict=False)
+    if missing or unexpected or mismatched:
+        raise SplitinvError(
+            f"weights {path} do not fit {name} (missing {len(missing)}, unexpected {len(unexpected)}, "
+            f"wrong shape {len(mismatched)}, first: {[*mismatched, *missing, *unexpected][:2]}): is it a "
+            f"{name} checkpoint, with the right num_classes?"
+        )
 
 
 def build_victim(
@@ -270,8 +320,8 @@ def build_victim(
         image_size: the side of the square input images (default: the weights' resolution, or 224).
         model_kwargs: passed to the model constructor (e.g. ``image_size`` for torchvision ViTs).
     """
-    if str(name) in _REGISTRY:
-        return _REGISTRY[str(name)](weights, num_classes=num_classes, image_size=image_size, **model_kwargs)
+    if str(name) in VICTIMS:
+        return VICTIMS[str(name)](weights, num_classes=num_classes, image_size=image_size, **model_kwargs)
     family, name = _resolve_family(str(name))
     if str(weights).lower() != "imagenet" or family == "timm":
         model_kwargs = _size_kwargs(family, name, image_size, model_kwargs)
@@ -298,34 +348,16 @@ def build_victim(
         weights_desc = "imagenet"
     else:
         path = Path(weights).expanduser()
-        obj = _load_file(path)
-        state = obj
-        if obj.get("format") == CHECKPOINT_FORMAT:
-            if obj["name"] != name:
-                raise SplitinvError(
-                    f"checkpoint {path} holds a {obj['name']} victim, not {name}: "
-                    f"set victim.name={obj['name']}"
-                )
-            num_classes = num_classes or obj["num_classes"]
-            mean, std = tuple(obj["mean"]), tuple(obj["std"])
-            default_size = obj["image_size"]
-            state = obj["state_dict"]
+        state, checkpoint = _read_weights(path, name)
+        if checkpoint is not None:
+            num_classes = num_classes or checkpoint["num_classes"]
+            mean, std = tuple(checkpoint["mean"]), tuple(checkpoint["std"])
+            default_size = checkpoint["image_size"]
             # ViTs' position embeddings depend on the size they were built for: build for the checkpoint's
             # (a no-op when image_size was passed, or for CNNs)
             model_kwargs = _size_kwargs(family, name, default_size, model_kwargs)
-        elif "state_dict" in obj and isinstance(obj["state_dict"], dict):
-            state = obj["state_dict"]
         model = _build_random(family, name, num_classes, model_kwargs)
-        own = model.state_dict()
-        mismatched = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k].shape]
-        # load_state_dict raises a multi-line RuntimeError on a shape mismatch even with strict=False
-        missing, unexpected = ([], []) if mismatched else model.load_state_dict(state, strict=False)
-        if missing or unexpected or mismatched:
-            raise SplitinvError(
-                f"weights {path} do not fit {name} (missing {len(missing)}, unexpected {len(unexpected)}, "
-                f"wrong shape {len(mismatched)}, first: {[*mismatched, *missing, *unexpected][:2]}): is it a "
-                f"{name} checkpoint, with the right num_classes?"
-            )
+        _load_state(model, state, path, name)
         weights_desc = str(path)
     model.eval()
     size = int(image_size or default_size)
@@ -359,3 +391,241 @@ def check_image_size(victim: nn.Module, image_size: int, channels: int = 3) -> N
         ) from err
     finally:
         victim.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Your own network
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:160]}" if text else type(err).__name__
+
+
+def _per_channel(values: Any, what: str, channels: int) -> tuple[float, ...]:
+    """mean / std as one float per channel, or a one-line error."""
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = [values]
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise SplitinvError(f"{what} must be a list of numbers (one per channel), got {values!r}.") from None
+    if len(out) != channels:
+        raise SplitinvError(
+            f"{what} has {len(out)} value(s) but channels={channels}: give one value per input channel."
+        )
+    return out
+
+
+def _at_least_one(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SplitinvError(f"{what} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def _forward_one(victim: Victim, channels: int) -> Any:
+    """The victim's output for one [0, 1] image at its size, or a one-line error naming what to change."""
+    size = victim.image_size
+    try:
+        device = next(victim.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    x = torch.rand(1, channels, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    was_training = victim.training
+    victim.eval()
+    try:
+        with torch.no_grad():
+            return victim(x)
+    except Exception as err:
+        raise SplitinvError(
+            f"victim {victim.name}: forward on a (1, {channels}, {size}, {size}) batch failed "
+            f"({_first_line(err)}): image_size and channels must match what the network takes."
+        ) from err
+    finally:
+        victim.train(was_training)
+
+
+def _describe_output(out: Any) -> str:
+    return f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+
+
+def check_victim(victim: Victim, channels: int | None = None) -> None:
+    """Fail in one line unless a run can use ``victim``: it takes (B, channels, image_size, image_size)
+    images, returns (B, num_classes) logits, and has at least one cut point."""
+    from splitinv.cut import cut_points
+
+    channels = int(channels or victim.normalize.mean.shape[1])
+    out = _forward_one(victim, channels)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, victim.num_classes):
+        raise SplitinvError(
+            f"victim {victim.name} returns {_describe_output(out)} for one image, not (1, "
+            f"{victim.num_classes}) logits: make forward return (batch, num_classes) class logits, or set "
+            "num_classes."
+        )
+    try:
+        points = cut_points(victim)
+    except SplitinvError:
+        raise
+    except Exception as err:
+        raise SplitinvError(
+            f"victim {victim.name}: its cut points could not be listed ({_first_line(err)}): build it from "
+            "named submodules (attributes or nn.Sequential children), each called once in forward."
+        ) from err
+    if not points:
+        raise SplitinvError(
+            f"victim {victim.name} has no cut points: build it from named submodules (attributes or "
+            "nn.Sequential children), each called once in forward, so that there is a layer to cut after."
+        )
+
+
+def wrap_module(
+    module: nn.Module,
+    *,
+    name: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    image_size: int,
+    num_classes: int,
+    channels: int = 3,
+    weights: str | os.PathLike | None = None,
+) -> Victim:
+    """Your own network as a :class:`Victim` on [0, 1] images: ``module(normalize(x))``.
+
+    Args:
+        module: a classifier taking normalised ``(B, channels, image_size, image_size)`` images and returning
+            ``(B, num_classes)`` logits, built from named submodules (its cut points).
+        name: what results files call it (and what a checkpoint of it records).
+        mean, std: the per-channel normalisation the network expects (one value per channel).
+        image_size: the side of the square images it takes.
+        num_classes: the width of its logits.
+        channels: input channels (1 or 3 for splitinv's datasets).
+        weights: ``None`` (the module's parameters as they are, recorded as ``own``), or a path to a
+            state_dict or to a checkpoint written by ``splitinv-train-victim``, loaded as
+            :func:`build_victim` loads one (``weights_only=True``, every key and shape checked).
+
+    Before it returns, the victim is probed: one forward pass at that size, the output's shape, its cut
+    points. Each failure is one line saying what to change.
+    """
+    read = None if is_random_weights(weights) else _read_weights(Path(weights).expanduser(), str(name))
+    return _wrap(module, name, mean, std, image_size, num_classes, channels, weights, read)
+
+
+def _wrap(
+    module: Any,
+    name: Any,
+    mean: Any,
+    std: Any,
+    image_size: Any,
+    num_classes: Any,
+    channels: Any,
+    weights: Any,
+    read: tuple[Mapping[str, Any], dict[str, Any] | None] | None,
+) -> Victim:
+    """wrap_module, with the weights file already read (``read``: what _read_weights returned, or None)."""
+    if isinstance(module, Victim):
+        raise SplitinvError(f"{module.name} is already a Victim: pass its network (victim.model) instead.")
+    if not isinstance(module, nn.Module):
+        raise SplitinvError(f"wrap_module takes an nn.Module, got a {type(module).__name__}.")
+    if not isinstance(name, str) or not name:
+        raise SplitinvError(f"victim name must be a non-empty string, got {name!r}.")
+    channels = _at_least_one(channels, "channels")
+    image_size = _at_least_one(image_size, "image_size")
+    num_classes = _at_least_one(num_classes, "num_classes")
+    mean, std = _per_channel(mean, "mean", channels), _per_channel(std, "std", channels)
+    if any(s <= 0 for s in std):
+        raise SplitinvError(f"std must be positive (it divides the pixels), got {list(std)}.")
+    weights_desc = OWN_WEIGHTS
+    if read is not None:
+        path = Path(weights).expanduser()
+        state, checkpoint = read
+        if checkpoint is not None:
+            trained = (tuple(checkpoint["mean"]), tuple(checkpoint["std"]))
+            if len(trained[0]) != channels or not torch.allclose(
+                torch.tensor(trained, dtype=torch.float64), torch.tensor((mean, std), dtype=torch.float64)
+            ):
+                raise SplitinvError(
+                    f"checkpoint {path} was trained with mean {list(trained[0])} and std {list(trained[1])}, "
+                    f"not {list(mean)} and {list(std)}: set mean and std to the checkpoint's."
+                )
+        _load_state(module, state, path, name)
+        weights_desc = str(path)
+    victim = Victim(
+        module,
+        name=name,
+        family="custom",
+        weights=weights_desc,
+        image_size=image_size,
+        num_classes=num_classes,
+        mean=mean,
+        std=std,
+    )
+    check_victim(victim, channels)
+    return victim.eval()
+
+
+def build_custom_victim(
+    factory: str | None = None,
+    name: str | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    image_size: int = 32,
+    num_classes: int | None = None,
+    channels: int = 3,
+    weights: str | os.PathLike | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+) -> Victim:
+    """``victim=custom``: the network that ``factory`` (``"package.module:function"``) returns, as a Victim.
+
+    The factory is called with ``kwargs``, plus ``num_classes`` when it has a ``num_classes`` parameter (so
+    that ``splitinv-train-victim`` sizes it for the dataset). ``name`` defaults to the function's name;
+    ``num_classes`` to a ``splitinv-train-victim`` checkpoint's, else to the width of the network's output.
+    The rest is :func:`wrap_module`'s.
+    """
+    if factory is None or not str(factory).strip():
+        raise SplitinvError(
+            "victim=custom needs victim.factory=package.module:function, naming a function on PYTHONPATH "
+            "that returns your nn.Module."
+        )
+    spec = str(factory).strip()
+    function = import_target(spec, what="victim.factory")
+    if not callable(function):
+        raise SplitinvError(f"victim.factory={spec} is not a function (it is a {type(function).__name__}).")
+    name = str(name) if name else spec.rpartition(":")[2].rpartition(".")[2]
+    read = None if is_random_weights(weights) else _read_weights(Path(weights).expanduser(), name)
+    if num_classes is None and read is not None and read[1] is not None:
+        num_classes = int(read[1]["num_classes"])
+    call_kwargs = dict(kwargs or {})
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # callables without a signature
+        parameters = {}
+    if num_classes is not None and "num_classes" in parameters and "num_classes" not in call_kwargs:
+        call_kwargs["num_classes"] = int(num_classes)
+    try:
+        module = function(**call_kwargs)
+    except Exception as err:
+        raise SplitinvError(f"victim.factory={spec} raised {_first_line(err)}") from err
+    if not isinstance(module, nn.Module):
+        raise SplitinvError(
+            f"victim.factory={spec} returned a {type(module).__name__}, not an nn.Module: return the network."
+        )
+    if num_classes is None:  # the width of the network's output
+        channels = _at_least_one(channels, "channels")
+        probe = Victim(
+            module,
+            name=name,
+            family="custom",
+            weights=OWN_WEIGHTS,
+            image_size=_at_least_one(image_size, "image_size"),
+            num_classes=0,
+            mean=_per_channel(mean, "mean", channels),
+            std=_per_channel(std, "std", channels),
+        )
+        out = _forward_one(probe, channels)
+        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[1] < 1:
+            raise SplitinvError(
+                f"victim {name} returns {_describe_output(out)} for one image, not (1, num_classes) logits: "
+                "make forward return (batch, num_classes) class logits."
+            )
+        num_classes = int(out.shape[1])
+    return _wrap(module, name, mean, std, image_size, num_classes, channels, weights, read)

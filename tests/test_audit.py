@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from splitinv import cli
+from splitinv.audit import FILES, AuditReport, audit, calibrate_threshold, wilson_interval
+from splitinv.audit.embed import FaceNetEmbedder, PixelEmbedder, VictimEmbedder, build_embedder
+from splitinv.audit.facenet import InceptionResnetV1, load_facenet
 from splitinv.errors import SplitinvError
-from splitinv.gans.audit import FILES, AuditReport, audit, calibrate_threshold, wilson_interval
-from splitinv.gans.embed import FaceNetEmbedder, PixelEmbedder, VictimEmbedder, build_embedder
-from splitinv.gans.facenet import InceptionResnetV1, load_facenet
 
 REPORT_KEYS = {
     "format", "match_rate", "ci", "n_flagged", "n_samples", "n_train", "n_reference", "threshold", "fpr",

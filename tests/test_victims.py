@@ -4,6 +4,8 @@ files, splitinv checkpoints), and the one-line errors. Nothing here touches the 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -17,10 +19,24 @@ from safetensors.torch import save_file
 
 from splitinv import build_victim
 from splitinv.errors import SplitinvError
-from splitinv.victims import CHECKPOINT_FORMAT, IMAGENET_MEAN, IMAGENET_STD, Victim, check_image_size
+from splitinv.registry import Registry, import_target
+from splitinv.victims import (
+    CHECKPOINT_FORMAT,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VICTIMS,
+    Victim,
+    check_image_size,
+    register_victim,
+)
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "victim"
-CONFIGS = sorted(CONF.glob("*.yaml"))
+# the configs that build a victim by name (victim=custom builds your own network: tests/test_custom_victim.py)
+CONFIGS = sorted(
+    p
+    for p in CONF.glob("*.yaml")
+    if yaml.safe_load(p.read_text())["victim"]["_target_"] == "splitinv.victims.build_victim"
+)
 RANDOM = pytest.mark.filterwarnings("ignore:victim .* has RANDOM weights:UserWarning")
 
 
@@ -377,3 +393,75 @@ def test_bad_weight_files_give_one_line_errors(tmp_path, monkeypatch):
     assert not marker.exists(), "loading a victim file ran code from the pickle"
     torch.load(tmp_path / "pickle.pt", weights_only=False)  # the payload is real: an unsafe load runs it
     assert marker.exists()
+
+
+# ------------------------------------------------------------------------------------- registry, imports
+
+
+def test_registry_lookup_lazy_entries_and_one_line_errors():
+    reg: Registry = Registry("widget", "Register yours with reg.register.")
+    assert reg.register("path", "pathlib:Path") == "pathlib:Path" and reg.is_lazy("path")
+
+    @reg.register("double")
+    def double(x):
+        return 2 * x
+
+    assert reg.names() == list(reg) == ["double", "path"] and len(reg) == 2 and "double" in reg
+    assert reg["double"] is double and reg.get("path") is Path and not reg.is_lazy("path")
+    assert reg.items() == [("double", double), ("path", Path)]
+    with pytest.raises(SplitinvError) as excinfo:
+        reg.get("doubel")
+    assert _one_line_error(excinfo) == (
+        "unknown widget 'doubel'. Did you mean double? Known: double, path. Register yours with reg.register."
+    )
+    reg.register("broken", "no_such_module_here:thing")
+    with pytest.raises(SplitinvError, match=r"^widget broken=no_such_module_here:thing: module "):
+        reg.get("broken")
+    with pytest.raises(SplitinvError, match="is not of the form 'module:attr'"):
+        reg.register("bad", "pathlib.Path")
+    assert import_target("os.path:join") is os.path.join
+    with pytest.raises(
+        SplitinvError, match=r"^f=os.path:jion: os.path has no attribute 'jion'. Did you mean join"
+    ):
+        import_target("os.path:jion", what="f")
+
+
+@RANDOM
+def test_registered_victims_build_by_name():
+    assert "dcgan_discriminator" in VICTIMS.names()  # a lazy entry: listing it imports nothing
+
+    @register_victim("tiny_test_victim")
+    def build(weights, num_classes=None, image_size=None, **kwargs):
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, num_classes or 2))
+        return Victim(model, name="tiny_test_victim", family="test", weights="random", image_size=8,
+                      num_classes=num_classes or 2)  # fmt: skip
+
+    try:
+        assert build_victim("tiny_test_victim", num_classes=3).num_classes == 3
+        disc = build_victim("dcgan_discriminator", image_size=16)  # imports splitinv.gans.dcgan now
+        assert type(disc.model).__name__ == "DCGANDiscriminator" and disc(torch.rand(2, 3, 16, 16)).shape == (
+            2,
+            1,
+        )
+    finally:
+        VICTIMS._entries.pop("tiny_test_victim")
+
+
+def test_import_splitinv_is_light():
+    """`import splitinv` (and its errors) loads no torch, timm, W&B, Lightning nor any GAN adapter; the
+    exported names still resolve, and splitinv.cut / splitinv.split stay the functions."""
+    code = (
+        "import sys, splitinv, splitinv.errors\n"
+        "heavy = ('torch', 'timm', 'wandb', 'lightning', 'pytorch_lightning', 'torchvision')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith('splitinv.gans')))\n"
+        "assert splitinv.SplitinvError.__module__ == 'splitinv.errors' and splitinv.__version__\n"
+        "import splitinv.cut, splitinv.split\n"
+        "assert callable(splitinv.cut) and callable(splitinv.split) and splitinv.Split.__name__ == 'Split'\n"
+        "assert splitinv.metrics.__name__ == 'splitinv.metrics' and 'wrap_module' in dir(splitinv)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('timm', 'wandb', 'lightning')))\n"
+        "assert set(splitinv.__all__) == {'__version__', *splitinv._EXPORTS}\n"
+        "assert all(getattr(splitinv, name) is not None for name in splitinv.__all__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["[]", "[]"], out.stdout

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator, State
-from splitinv.gans.registry import load_strict, register_generator, warn_random
+from splitinv.gans.registry import load_strict, warn_random
 from splitinv.io import load_weights
 
 WEIGHTS_NAME = "pytorch_model.bin"
@@ -175,7 +175,7 @@ def _init_random(model: nn.Module, iterations: int = 5) -> None:
                 module.weight_v.copy_(v)
 
 
-@register_generator("biggan")
+# registered lazily as "biggan" in splitinv/gans/registry.py (building by name imports this module)
 def build_biggan(
     weights: Path | None,
     truncation: float = 0.4,

@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator, sequential_stages
-from splitinv.gans.registry import load_strict, register_generator, warn_random
+from splitinv.gans.registry import load_strict, warn_random
 from splitinv.io import load_weights
-from splitinv.victims import Victim, is_random_weights, register_victim
+from splitinv.victims import Victim, is_random_weights
 
 GAN_FORMAT = "splitinv-gan/1"
 
@@ -122,7 +122,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return obj
 
 
-@register_generator("dcgan")
+# registered lazily as "dcgan" in splitinv/gans/registry.py (building by name imports this module)
 def build_dcgan(weights: Path | None, **kwargs: Any) -> DCGANGenerator:
     """A DCGAN generator: from a ``splitinv-train-gan`` checkpoint (its settings win), or random."""
     if weights is None:
@@ -135,7 +135,7 @@ def build_dcgan(weights: Path | None, **kwargs: Any) -> DCGANGenerator:
     return generator
 
 
-@register_victim("dcgan_discriminator")
+# registered lazily as the victim "dcgan_discriminator" in splitinv/victims.py
 def build_dcgan_discriminator(
     weights: str | Path | None, num_classes: int | None = None, image_size: int | None = None, **kwargs: Any
 ) -> Victim:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator, State, sequential_stages
-from splitinv.gans.registry import load_strict, register_generator, warn_random
+from splitinv.gans.registry import load_strict, warn_random
 from splitinv.io import load_weights
 
 LATENT_DIM = 512
@@ -242,7 +242,7 @@ def widths_from_state_dict(state: dict[str, Any], path: Any) -> list[int]:
     return widths
 
 
-@register_generator("progan")
+# registered lazily as "progan" in splitinv/gans/registry.py (building by name imports this module)
 def build_progan(
     weights: Path | None, resolution: int | None = None, widths: Sequence[int] | None = None
 ) -> ProGANGenerator:

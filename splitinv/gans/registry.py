@@ -1,8 +1,10 @@
-"""Generators by name (``dcgan``, ``progan``, ``biggan``, or a user's), with weights from local files."""
+"""Generators by name (``dcgan``, ``progan``, ``biggan``, or a user's), with weights from local files.
+
+The built-in adapters are lazy entries: listing or registering generators imports none of them.
+"""
 
 from __future__ import annotations
 
-import difflib
 import os
 import warnings
 from collections.abc import Callable
@@ -13,23 +15,24 @@ import torch
 
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator
+from splitinv.registry import Registry
 from splitinv.victims import is_random_weights
 
-_GENERATORS: dict[str, Callable[..., Generator]] = {}
+GENERATORS: Registry[Callable[..., Generator]] = Registry(
+    "generator", "Register your own with splitinv.gans.register_generator."
+)
+GENERATORS.register("dcgan", "splitinv.gans.dcgan:build_dcgan")
+GENERATORS.register("progan", "splitinv.gans.progan:build_progan")
+GENERATORS.register("biggan", "splitinv.gans.biggan:build_biggan")
 
 
 def register_generator(name: str) -> Callable[[Callable[..., Generator]], Callable[..., Generator]]:
     """Decorator adding a builder ``(weights, **kwargs) -> Generator`` under ``name``."""
-
-    def add(builder: Callable[..., Generator]) -> Callable[..., Generator]:
-        _GENERATORS[name] = builder
-        return builder
-
-    return add
+    return GENERATORS.register(name)
 
 
 def available_generators() -> list[str]:
-    return sorted(_GENERATORS)
+    return GENERATORS.names()
 
 
 def warn_random(name: str) -> None:
@@ -42,17 +45,11 @@ def warn_random(name: str) -> None:
 
 def build_generator(name: str, weights: str | os.PathLike | None = None, **kwargs: Any) -> Generator:
     """Build generator ``name`` with weights from a local file (``None``: random, warned about)."""
-    if name not in _GENERATORS:
-        close = difflib.get_close_matches(str(name), available_generators(), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise SplitinvError(
-            f"unknown generator {name!r}.{hint} Known: {', '.join(available_generators())}; "
-            "register your own with splitinv.gans.register_generator."
-        )
+    builder = GENERATORS.get(name)
     path = None if is_random_weights(weights) else Path(weights).expanduser()
     if path is not None and not path.exists():
         raise SplitinvError(f"generator weights {weights} do not exist: pass a local file, or weights=null.")
-    generator = _GENERATORS[name](path, **kwargs)
+    generator = builder(path, **kwargs)
     return generator.eval()
 
 

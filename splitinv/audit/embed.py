@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from splitinv.audit.facenet import INPUT_SIZE, InceptionResnetV1, fixed_image_standardization, load_facenet
 from splitinv.errors import SplitinvError
-from splitinv.gans.facenet import INPUT_SIZE, InceptionResnetV1, fixed_image_standardization, load_facenet
 
 EMBEDDERS = ("auto", "facenet", "victim", "pixels")
 DEFAULT_VICTIM = "resnet18"

@@ -1,7 +1,7 @@
 """The identity membership audit of Webster et al., "This Person (Potentially) Exists" (arXiv 2107.06018).
 
 Generate N samples from a generator (or take a folder of already generated images), embed them and the
-training images with an embedding network (:mod:`splitinv.gans.embed`), find each sample's nearest training
+training images with an embedding network (:mod:`splitinv.audit.embed`), find each sample's nearest training
 images by cosine similarity, and flag the samples whose best similarity passes a threshold calibrated on
 reference images known NOT to be in the training set, at a chosen false-positive rate.
 
@@ -44,9 +44,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from splitinv.audit.embed import Embedder, PixelEmbedder
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator
-from splitinv.gans.embed import Embedder, PixelEmbedder
 
 AUDIT_FORMAT = "splitinv-audit/1"
 FILES = {"summary": "audit.json", "samples": "samples.csv", "figure": "audit.png"}
@@ -466,7 +466,7 @@ def audit(
         samples: a generator (``n`` samples from latents seeded by ``seed``), or a folder / tensor of images.
         train: the training images (or the images whose membership is in question): a folder or a tensor.
         reference: images known NOT to be in the training set, from the same kind of data (calibration).
-        embedder: an :class:`~splitinv.gans.embed.Embedder` (default: pixels; see ``build_embedder``).
+        embedder: an :class:`~splitinv.audit.embed.Embedder` (default: pixels; see ``build_embedder``).
         fpr: target false-positive rate in (0, 1) of the threshold.
         k_nearest: training images listed per sample; ``top_k``: flagged samples in the figure.
         resize: resize training and reference images to the samples' size instead of refusing a mismatch.
