@@ -1,15 +1,25 @@
-"""Compose splitinv's Hydra configs from Python (notebooks, tests) exactly as `splitinv-run` does."""
+"""Hydra helpers shared by every command: compose configs from Python (notebooks, tests) exactly as the
+commands do, instantiate them with one-line errors, hash what decides a run's numbers, record versions."""
 
 from __future__ import annotations
 
+import difflib
+import hashlib
+import importlib.resources
+import json
+import platform
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from hydra import compose as hydra_compose
-from hydra import initialize_config_module
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from splitinv.errors import SplitinvError
 
 CONFIG_MODULE = "splitinv.conf"
+# keys that say where a run writes or logs, not what it computes: left out of the config hash
+VOLATILE_KEYS = ("paths", "logger", "hydra", "skip_done", "sweep_name")
+VOLATILE_TRAINER_KEYS = ("enable_progress_bar", "default_root_dir", "log_every_n_steps")
 
 
 def compose(
@@ -19,6 +29,84 @@ def compose(
 
     Example: ``run(compose(["victim=resnet18", "cut=layer3", "logger=csv"], output_dir="outputs/nb"))``.
     """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
     extra = [f"paths.output_dir={Path(output_dir).resolve()}"] if output_dir is not None else []
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=[*overrides, *extra])
+
+
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, letting splitinv's one-line errors through unwrapped."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, SplitinvError):
+            raise cause from None
+        raise
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A hash of what decides the numbers (not where a run writes or logs); finished jobs skip by it."""
+    resolved = OmegaConf.to_container(cfg, resolve=False)
+    for volatile in VOLATILE_KEYS:
+        resolved.pop(volatile, None)
+    trainer = resolved.get("trainer") or {}
+    for volatile in VOLATILE_TRAINER_KEYS:
+        trainer.pop(volatile, None)
+    text = json.dumps(resolved, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    """The versions that decide a run's numbers, recorded in every results file."""
+    import lightning
+    import timm
+    import torch
+    import torchvision
+
+    import splitinv
+
+    return {
+        "splitinv": splitinv.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def config_groups(config_module: str = CONFIG_MODULE) -> dict[str, list[str]]:
+    """The selectable config groups (victim, attack, data, ...) and their options (``_x``: shared bases)."""
+    root = importlib.resources.files(config_module)
+    return {
+        d.name: sorted(
+            p.name[: -len(".yaml")]
+            for p in d.iterdir()
+            if p.name.endswith(".yaml") and not p.name.startswith("_")
+        )
+        for d in root.iterdir()
+        if d.is_dir() and d.name not in ("hydra", "paths", "__pycache__")
+    }
+
+
+def check_group_choices(argv: Sequence[str]) -> None:
+    """Refuse an unknown group option (``data=imagenett``) in one line, before Hydra's multi-line error."""
+    groups = config_groups()
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key not in groups or "(" in value or "*" in value or value in ("null", ""):
+            continue
+        for choice in value.split(","):
+            if choice not in groups[key]:
+                close = difflib.get_close_matches(choice, groups[key], n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise SplitinvError(
+                    f"unknown {key} {choice!r}{hint}: choose one of {', '.join(groups[key])}."
+                )

@@ -1,5 +1,8 @@
 """Reconstruct the evaluation images with a fitted attack and score them under the metric contract.
 
+Everything goes through the split: the attack inverts ``split.observe(x)``; feature error compares
+``split.observe(x_hat)`` with ``split.observe(x)``, label agreement ``split.serve`` (the tail) of both.
+
 Attacks that optimise each image (``attack.per_image``) are run first, through ``trainer.predict`` with
 gradients on (:class:`InversionModule`), one reconstruction per evaluation index kept in a
 :class:`ReconstructionStore` (``{folder}/{index}.pt``, written atomically); a re-run of the same job loads the
@@ -28,6 +31,7 @@ from tqdm.auto import tqdm
 from splitinv import metrics
 from splitinv.attacks.base import Attack
 from splitinv.errors import SplitinvError
+from splitinv.split import Split
 
 RECONSTRUCTION_FORMAT = "splitinv-reconstruction/1"
 
@@ -106,12 +110,14 @@ class ReconstructionStore:
                 os.unlink(tmp)
 
 
-def _fingerprint(attack: Attack, head: nn.Module) -> str:
-    """What a stored reconstruction depends on besides its image: the attack's settings, the head's weights
-    and those of any network the attack holds (the hybrid attack's decoder)."""
+def _fingerprint(attack: Attack, split: Split) -> str:
+    """What a stored reconstruction depends on besides its image: the attack's settings, the split (head
+    weights, defense and its parameters) and any network the attack holds (the hybrid attack's decoder)."""
     h = hashlib.sha256(json.dumps(attack.describe(), sort_keys=True, default=str).encode())
-    modules = [head] + [m for m in vars(attack).values() if isinstance(m, nn.Module) and m is not head]
-    for module in modules:
+    h.update(json.dumps(split.defense.describe(), sort_keys=True, default=str).encode())
+    device_side = {id(m) for m in split.modules()}
+    held = [m for m in vars(attack).values() if isinstance(m, nn.Module) and id(m) not in device_side]
+    for module in [split.client, *held]:
         for name, t in module.state_dict().items():
             h.update(name.encode())
             h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
@@ -131,7 +137,7 @@ def _batch_parts(batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor |
 
 def invert_missing(
     attack: Attack,
-    head: nn.Module,
+    split: Split,
     x: torch.Tensor,
     index: torch.Tensor,
     store: ReconstructionStore,
@@ -147,9 +153,8 @@ def invert_missing(
     if all(store.get(i, key) is not None for i, key in zip(index.tolist(), keys, strict=True)):
         return 0
     with torch.no_grad():
-        f = head(x)
-    x_hat = attack.invert(f, index=index.cpu())
-    losses = getattr(attack, "last_losses", None)
+        f = split.observe(x)
+    x_hat, losses = attack.invert(f, index=index.cpu())
     for j, (i, key) in enumerate(zip(index.tolist(), keys, strict=True)):
         loss = float(losses[j]) if losses is not None and len(losses) == len(keys) else None
         store.put(i, key, x_hat[j].float().clamp(0, 1), loss)
@@ -159,9 +164,9 @@ def invert_missing(
 class InversionModule(L.LightningModule):
     """``trainer.predict`` over the evaluation images: each batch is attacked with gradients on."""
 
-    def __init__(self, head: nn.Module, attack: Attack, store: ReconstructionStore, prefix: str) -> None:
+    def __init__(self, split: Split, attack: Attack, store: ReconstructionStore, prefix: str) -> None:
         super().__init__()
-        self.head = head
+        self.split = split  # a submodule: Lightning moves the device side (and the attack's view of it)
         self.attack, self.store, self.prefix = attack, store, prefix
         self.attacked = 0
 
@@ -174,13 +179,13 @@ class InversionModule(L.LightningModule):
         # works under Trainer(inference_mode=True) as well: leave inference mode, copy the batch out of it
         with torch.inference_mode(False), torch.enable_grad():
             self.attacked += invert_missing(
-                self.attack, self.head, x.clone().float(), index.clone(), self.store, self.prefix
+                self.attack, self.split, x.clone().float(), index.clone(), self.store, self.prefix
             )
         return index  # the images live in the store; predict keeps nothing (return_predictions=False)
 
 
 def reconstruct(
-    head: nn.Module,
+    split: Split,
     attack: Attack,
     loader: Any,
     *,
@@ -195,23 +200,23 @@ def reconstruct(
     as ``Trainer(inference_mode=False)`` would); without one, a plain loop on ``device``.
     """
     store = store if store is not None else ReconstructionStore()
-    head.eval()
-    prefix = _fingerprint(attack, head)
+    split.eval()
+    prefix = _fingerprint(attack, split)
     if trainer is None:
-        head.to(device)
+        split.to(device)
         attacked = 0
         for batch in tqdm(loader, desc=f"{attack.name}", disable=not progress, leave=False):
             x, _labels, index = _batch_parts(batch)
             if index is None:
                 raise SplitinvError("per-image attacks need the evaluation index in each batch.")
-            attacked += invert_missing(attack, head, x.to(device).float(), index, store, prefix)
+            attacked += invert_missing(attack, split, x.to(device).float(), index, store, prefix)
         return store, prefix, attacked
     if store.folder is None and trainer.world_size > 1:
         raise SplitinvError(
             "a per-image attack under several processes needs a shared reconstructions folder: "
             "pass reconstructions_dir (splitinv-run uses the run folder)."
         )
-    module = InversionModule(head, attack, store, prefix)
+    module = InversionModule(split, attack, store, prefix)
     loop = trainer.predict_loop
     previous = loop.inference_mode
     loop.inference_mode = False
@@ -220,13 +225,12 @@ def reconstruct(
     finally:
         loop.inference_mode = previous
     trainer.strategy.barrier("splitinv-reconstruct")
-    head.to(device)  # Lightning moves the module back to the CPU at teardown
+    split.to(device)  # Lightning moves the module back to the CPU at teardown
     return store, prefix, module.attacked
 
 
 def evaluate(
-    victim: nn.Module,
-    head: nn.Module,
+    split: Split,
     attack: Attack,
     loader: Any,
     *,
@@ -237,14 +241,13 @@ def evaluate(
     trainer: L.Trainer | None = None,
     reconstructions_dir: str | Path | None = None,
 ) -> Evaluation:
-    """Invert every evaluation batch from the head's activations and score it (fp32, clamped to [0, 1]).
+    """Invert every evaluation batch from its observations and score it (fp32, clamped to [0, 1]).
 
     Per-image attacks (``attack.per_image``) run first through :func:`reconstruct` (``trainer.predict`` when
     a trainer is given), keeping each image in ``reconstructions_dir`` (memory when None) so a re-run skips
     the images already done; other attacks invert batch by batch.
     """
-    victim.eval()
-    head.eval()
+    split.eval()
     store: ReconstructionStore | None = None
     prefix = ""
     attacked: int | None = None
@@ -252,7 +255,7 @@ def evaluate(
     if attack.per_image:
         start = time.perf_counter()
         store, prefix, attacked = reconstruct(
-            head,
+            split,
             attack,
             loader,
             trainer=trainer,
@@ -261,8 +264,7 @@ def evaluate(
             progress=progress,
         )
         attack_seconds = time.perf_counter() - start
-        victim.to(device)
-        head.to(device)
+        split.to(device)
     columns: dict[str, list[float]] = {}
     kept_x: list[torch.Tensor] = []
     kept_hat: list[torch.Tensor] = []
@@ -273,17 +275,19 @@ def evaluate(
         if index is None:
             index = torch.arange(n, n + x.shape[0])
         with torch.no_grad():
-            f = head(x)
+            f = split.observe(x)
         if store is not None:
             x_hat = _load(store, prefix, x, index).to(device)
         else:
             start = time.perf_counter()
-            x_hat = attack.invert(f).to(device).float().clamp(0, 1)
+            x_hat = attack.invert(f).images.to(device).float().clamp(0, 1)
             attack_seconds += time.perf_counter() - start
         with torch.no_grad():
-            f_hat = head(x_hat)
-            logits, logits_hat = victim(x), victim(x_hat)
-        has_labels = bool((labels >= 0).all())
+            f_hat = split.observe(x_hat)
+            has_tail = split.tail is not None
+            logits = split.serve(f) if has_tail else None
+            logits_hat = split.serve(f_hat) if has_tail else None
+        has_labels = has_tail and bool((labels >= 0).all())
         scores = metrics.score(
             x,
             x_hat,

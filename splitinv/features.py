@@ -1,5 +1,10 @@
 """A disk cache of head activations, so that the frozen head is not recomputed every epoch of every job.
 
+The cache memoises the head inside ``Split.observe``: it stores ``head(x)``, and :class:`CachedFeatureData`
+applies the split's defense to every batch it serves, so a learned attack trains on ``defense(head(x))``
+exactly as when it queries the device (a stochastic defense draws fresh noise every epoch, as it would
+uncached), and one cache serves a sweep over defenses and their strengths.
+
 The auxiliary images are drawn once (a fixed set: no per-epoch augmentation) and pushed through the victim
 ONCE for all the cut points a sweep needs (one forward pass, :func:`splitinv.cut.extractor`). Each cut point's
 activations go to their own file, keyed by a hash of everything they depend on: the victim (name, weights
@@ -18,10 +23,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from splitinv.cut import extractor
+from splitinv.defenses.base import Defense, NoDefense
 from splitinv.errors import SplitinvError
 from splitinv.io import save_atomic
 
@@ -140,14 +146,36 @@ class _Pairs(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"image": self.images[i].float() / 255, "features": self.features[i]}
+        return {"image": self.images[i].float() / 255, "observation": self.features[i]}
+
+
+class _Observe:
+    """A collate function: stacks a batch of pairs and applies the defense to the cached head outputs."""
+
+    def __init__(self, defense: Defense) -> None:
+        self.defense = defense
+
+    def __call__(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        batch = default_collate(items)
+        with torch.no_grad():
+            batch["observation"] = self.defense(batch["observation"].float())
+        return batch
 
 
 class CachedFeatureData:
-    """Stands in for a datamodule in a learned attack's ``fit``: {image, features} batches from the cache."""
+    """Stands in for a datamodule in a learned attack's ``fit``: {"image", "observation"} batches, where the
+    observation is ``defense(head(image))`` with ``head(image)`` read from the cache."""
 
-    def __init__(self, cache: FeatureCache, point: str, batch_size: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        cache: FeatureCache,
+        point: str,
+        batch_size: int,
+        seed: int = 0,
+        defense: Defense | None = None,
+    ) -> None:
         self.cache, self.point, self.batch_size, self.seed = cache, point, batch_size, seed
+        self.defense = defense if defense is not None else NoDefense()
         self._pairs: _Pairs | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -157,4 +185,7 @@ class CachedFeatureData:
     def train_dataloader(self) -> DataLoader:
         self.setup()
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self._pairs, batch_size=self.batch_size, shuffle=True, generator=generator)
+        collate = None if self.defense.is_identity else _Observe(self.defense)
+        return DataLoader(
+            self._pairs, batch_size=self.batch_size, shuffle=True, generator=generator, collate_fn=collate
+        )

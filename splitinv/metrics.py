@@ -2,7 +2,7 @@
 
 Images are float32 NCHW tensors in [0, 1]. Every metric returns one float32 value per image (a 1-D tensor of
 length B); means and stds over images come from :func:`summarize`. The conventions are written down in
-:data:`CONTRACT` (stored in every results file) and in ``shared/notes/metrics.md``:
+:data:`CONTRACT` (stored in every results file) and in ``docs/metrics.md``:
 
 - PSNR: per image ``10*log10(1/MSE)``, data_range 1, MSE over C, H, W (never pooled over the batch), with the
   MSE floored at 1e-10 so identical images score 100 dB instead of inf.
@@ -110,8 +110,10 @@ CONTRACT: dict[str, Any] = {
         "min_side": LPIPS_NETS["alex"]["min_side"],
         "unavailable": "null with one warning (lpips='auto') or an error (lpips='required')",
     },
-    "feature_error": "per-image ||f_hat - f||_2 / ||f||_2 over all non-batch dims of the head's output",
-    "label_agreement": "per-image 1.0 where top-1 of the victim on x_hat equals its top-1 on x",
+    "feature_error": "per-image ||f_hat - f||_2 / ||f||_2 over all non-batch dims, f = split.observe(x) "
+    "(the head's output, after the defense if any) and f_hat = split.observe(x_hat)",
+    "label_agreement": "per-image 1.0 where top-1 of split.serve(observe(x_hat)) equals its top-1 on x "
+    "(the full victim when there is no defense)",
     "accuracy_hat": "per-image 1.0 where top-1 of the victim on x_hat equals the ground-truth label",
     "recognisable": f"ssim >= {RECOGNISABLE_SSIM}",
     "state_error": "GAN inversion of generated images: per image ||r_hat - r||^2 / ||r||^2 for each tensor "
@@ -588,7 +590,7 @@ def score(
         raise SplitinvError(f"lpips must be 'auto', 'required' or 'off', got {lpips!r}")
     _check_net(lpips_net)
     if (features is None) != (features_hat is None):
-        raise SplitinvError("pass both features and features_hat (head outputs on x and x_hat) or neither")
+        raise SplitinvError("pass both features and features_hat (observations of x and x_hat) or neither")
     if logits is not None and logits_hat is None:
         raise SplitinvError(
             "logits need logits_hat (the victim's logits on x_hat) to compute label_agreement"

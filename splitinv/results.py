@@ -129,6 +129,62 @@ def write_failure(out_dir: str | Path, err: BaseException) -> Path:
     return out / FAILED_FILE
 
 
+def build_record(
+    *,
+    per_image: dict[str, list[float]],
+    victim: str,
+    weights: Any,
+    cut: str,
+    cut_spec: str,
+    attack: str,
+    data: str,
+    seed: int,
+    knowledge: dict[str, Any],
+    n_eval: int,
+    config_hash: str,
+    details: dict[str, Any],
+    cost: dict[str, Any],
+    warnings: list[str],
+    defense: str = "none",
+    defense_strength: Any = None,
+    utility: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The flat row every command writes to ``metrics.json``: the contract's numbers and the keys that
+    identify the run first (what a table builder reads), then details, cost, contract, warnings, versions.
+
+    ``knowledge``: the attacker's (access, aux_data, defense_aware). ``defense``, ``defense_strength``: the
+    defense's name and the value of its swept knob. ``utility``: what the defended split still does on the
+    evaluation images (accuracy, agreement with the undefended network, n), or None.
+    """
+    from splitinv.config import versions
+
+    return {
+        "format": RESULTS_FORMAT,
+        "status": "ok",
+        **summary(per_image),
+        "victim": victim,
+        "weights": weights,
+        "cut": cut,  # resolved for this victim; cut_spec keeps what was asked (stage:2, depth:0.5, ...)
+        "cut_spec": cut_spec,
+        "attack": attack,
+        "data": data,
+        "seed": int(seed),
+        "access": knowledge.get("access"),
+        "aux_data": knowledge.get("aux_data"),
+        "defense": defense,
+        "defense_strength": defense_strength,
+        "defense_aware": knowledge.get("defense_aware"),
+        "utility": utility,
+        "n_eval": int(n_eval),
+        "config_hash": config_hash,
+        "details": details,
+        "cost": cost,
+        "contract": metrics.CONTRACT,
+        "warnings": warnings,
+        "versions": versions(),
+    }
+
+
 def summary(per_image: dict[str, list[float]]) -> dict[str, Any]:
     """The contract's numbers (mean, std, n) for every scored column; null for an unavailable metric."""
     scored = {k: v for k, v in per_image.items() if k not in ("index", "label")}

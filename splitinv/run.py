@@ -1,51 +1,38 @@
 """``splitinv-run``: one attack on one victim at one cut point, scored and written to its own folder.
 
-The Hydra app is a thin wrapper around :func:`run`, a plain function of a composed config, so notebooks and
-tests can call it with the same configs (see :func:`splitinv.config.compose`).
+The Hydra app is a thin wrapper (:func:`splitinv.task.hydra_command`) around :func:`run`, a plain function
+of a composed config, so notebooks and tests can call it with the same configs
+(:func:`splitinv.config.compose`). The run only wires the pieces together:
+
+    victim -> split(victim, cut, defense) -> attack.fit(context) -> evaluate(split, attack) -> results
 """
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import importlib.resources
-import json
 import logging
-import platform
 import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning.pytorch as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import splitinv
 from splitinv import metrics, results
-from splitinv.cut import cut, describe_cut_points, resolve_point
+from splitinv.attacks.base import Attack, AttackContext
+from splitinv.config import config_hash, instantiate
+from splitinv.cut import describe_cut_points, resolve_point
+from splitinv.defenses.checkpoint import load_defense
 from splitinv.errors import SplitinvError
-from splitinv.evaluate import evaluate
+from splitinv.evaluate import Evaluation, evaluate
+from splitinv.split import Split, split
+from splitinv.task import hydra_command
 from splitinv.victims import check_image_size
 
 log = logging.getLogger(__name__)
-
-
-def instantiate(node: Any, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate, letting splitinv's one-line errors through unwrapped."""
-    try:
-        return hydra_instantiate(node, **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, SplitinvError):
-            raise cause from None
-        raise
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -54,23 +41,8 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _versions() -> dict[str, str]:
-    import lightning
-    import timm
-    import torchvision
-
-    return {
-        "splitinv": splitinv.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
-        "lightning": lightning.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Build the victim, cut it, fit the attack, reconstruct the evaluation set, score it, write the results.
+    """Build the victim, split it, fit the attack, reconstruct the evaluation set, score it, write results.
 
     Returns the record written to ``metrics.json`` in ``cfg.paths.output_dir``.
     """
@@ -90,25 +62,34 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     victim = instantiate(cfg.victim)
     datamodule = instantiate(cfg.data)
     check_image_size(victim, datamodule.image_size, datamodule.channels)
-    point = resolve_point(victim, cfg.cut)  # a name, or stage:K / depth:F / index:K resolved for this victim
-    head, _tail = cut(victim, point)
+    defense = instantiate(cfg.defense) if cfg.get("defense") else None
+    the_split = split(victim, cfg.cut, defense)  # the cut spec (stage:K, depth:F, ...) resolved for victim
+    point = the_split.point
+    assert point is not None
+    # a victim fine-tuned with a defense (splitinv-train-defense) must be run with that defense, at that cut
+    load_defense(cfg.victim.get("weights"), the_split.defense, point)
     cut_info = _cut_info(victim, point, datamodule.image_size)
-    attack = instantiate(cfg.attack)
+    attack: Attack = instantiate(cfg.attack)
     logger = instantiate(cfg.logger, **_logger_group(cfg)) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger)
     device = trainer.strategy.root_device
     image_shape = (datamodule.channels, datamodule.image_size, datamodule.image_size)
 
     try:
-        attack.cut_info = cut_info  # optimisation attacks pick their schedule from the cut's depth
-        attack.fit(
-            head, _fit_data(cfg, point, victim, datamodule, attack), trainer, image_shape, victim=victim
+        context = AttackContext.for_attack(
+            attack,
+            the_split,
+            image_shape,
+            victim=victim,
+            data=_fit_data(cfg, point, victim, datamodule, attack, the_split),
+            trainer=trainer,
+            cut=cut_info,
         )
+        train_stats = attack.fit(context) or {}
         victim.to(device)
         datamodule.setup("predict")
         ev = evaluate(
-            victim,
-            head,
+            the_split,
             attack,
             datamodule.predict_dataloader(),
             device=device,
@@ -116,11 +97,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             trainer=trainer,
             reconstructions_dir=out_dir / "reconstructions" if attack.per_image else None,
         )
-        record = _record(cfg, point, victim, datamodule, attack, ev, device, time.perf_counter() - start)
-        record["config_hash"] = key
-        record["details"]["cut"] = cut_info
+        utility = the_split.utility(datamodule.predict_dataloader(), device=device)
+        record = _record(
+            cfg, key, the_split, victim, datamodule, attack, ev, train_stats, utility, device, cut_info, start
+        )
         image = results.grid(ev.originals, ev.reconstructions)
-        extra = {"decoder.pt": attack.save} if getattr(attack, "decoder", None) is not None else {}
+        extra = dict(attack.artifacts())
         extra[results.IMAGES_FILE] = lambda path: results.save_images(path, ev.originals, ev.reconstructions)
         if trainer.is_global_zero:
             results.write_run(
@@ -128,14 +110,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             )
             results.log_to_logger(logger, record, ev.per_image, image)
     finally:
-        results.finish_logger(logger)
+        results.finish_logger(logger)  # each job (and each call from Python) gets its own W&B run
     return record
 
 
-def _fit_data(cfg: DictConfig, point: str, victim: Any, datamodule: Any, attack: Any) -> Any:
-    """What a learned attack trains on: the datamodule, or its cached activations when cache.enabled."""
+def _fit_data(
+    cfg: DictConfig, point: str, victim: Any, datamodule: Any, attack: Attack, the_split: Split
+) -> Any:
+    """What a learned attack trains on: the datamodule, or its cached observations when cache.enabled."""
     cache_cfg = cfg.get("cache") or {}
-    if not cache_cfg.get("enabled") or not getattr(attack, "uses_features", False):
+    if not cache_cfg.get("enabled") or not attack.learns_from_observations:
         return datamodule
     from splitinv.cut import stage_points
     from splitinv.features import CachedFeatureData, FeatureCache
@@ -147,19 +131,11 @@ def _fit_data(cfg: DictConfig, point: str, victim: Any, datamodule: Any, attack:
     cache = FeatureCache(
         cache_cfg.dir, victim, datamodule, points, dtype=cache_cfg.get("dtype", "float16"), seed=cfg.seed
     )
-    return CachedFeatureData(cache, point, batch_size=datamodule.batch_size, seed=cfg.seed)
-
-
-def config_hash(cfg: DictConfig) -> str:
-    """A hash of what decides the numbers (not where a run writes or logs); finished jobs skip by it."""
-    resolved = OmegaConf.to_container(cfg, resolve=False)
-    for volatile in ("paths", "logger", "hydra", "skip_done", "sweep_name"):
-        resolved.pop(volatile, None)
-    trainer = resolved.get("trainer") or {}
-    for volatile in ("enable_progress_bar", "default_root_dir", "log_every_n_steps"):
-        trainer.pop(volatile, None)
-    text = json.dumps(resolved, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    # a naive attacker learns from the undefended head; an adaptive one from what the device sends
+    modelled = the_split if attack.knowledge.defense_aware else the_split.undefended()
+    return CachedFeatureData(
+        cache, point, batch_size=datamodule.batch_size, seed=cfg.seed, defense=modelled.defense
+    )
 
 
 def _logger_group(cfg: DictConfig) -> dict[str, Any]:
@@ -189,115 +165,67 @@ def _cut_info(victim: Any, point: str, image_size: int) -> dict[str, Any]:
 
 def _record(
     cfg: DictConfig,
-    point: str,
+    key: str,
+    the_split: Split,
     victim: Any,
     datamodule: Any,
-    attack: Any,
-    ev: Any,
+    attack: Attack,
+    ev: Evaluation,
+    train: dict[str, Any],
+    utility: dict[str, Any],
     device: torch.device,
-    seconds: float,
+    cut_info: dict[str, Any],
+    start: float,
 ) -> dict[str, Any]:
-    """The flat row a table builder reads: metric summaries and identifying config values at the top."""
+    """The flat row a table builder reads (:func:`splitinv.results.build_record`)."""
     warnings_ = []
     if victim.weights == "random":
         warnings_.append(f"victim {victim.name} has RANDOM weights: not a trained network")
     if not ev.per_image.get("lpips"):
         warnings_.append("LPIPS unavailable (backbone weights not cached): reported as null")
-    train = getattr(attack, "train_stats", {}) or {}
-    return {
-        "format": results.RESULTS_FORMAT,
-        "status": "ok",
-        **results.summary(ev.per_image),
-        "victim": victim.name,
-        "weights": victim.weights,
-        "cut": point,  # resolved for this victim; cut_spec keeps what was asked (stage:2, depth:0.5, ...)
-        "cut_spec": str(cfg.cut),
-        "attack": attack.name,
-        "data": datamodule.name,
-        "seed": int(cfg.seed),
-        "access": attack.knowledge.access,
-        "aux_data": attack.knowledge.aux_data,
-        "n_eval": ev.images,
-        "details": {
+    return results.build_record(
+        per_image=ev.per_image,
+        victim=victim.name,
+        weights=victim.weights,
+        cut=str(the_split.point),
+        cut_spec=str(cfg.cut),
+        attack=attack.name,
+        data=datamodule.name,
+        seed=int(cfg.seed),
+        knowledge=attack.knowledge.as_dict(),
+        defense=the_split.defense.name,
+        defense_strength=the_split.defense.strength,
+        utility=utility,
+        n_eval=ev.images,
+        config_hash=key,
+        details={
             "victim": victim.describe(),
             "attack": attack.describe(),
+            "defense": the_split.defense.describe(),
             "data": datamodule.describe(),
+            "cut": cut_info,
         },
-        "cost": {
-            "wall_time_s": seconds,
+        cost={
+            "wall_time_s": time.perf_counter() - start,
             "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
             "precision": str(cfg.trainer.get("precision", "32-true")),
             "train_images_per_s": train.get("train_images_per_s"),
             "train_steps": train.get("train_steps"),
             "attack_images_per_s": ev.images_per_s,
-            "steps_per_image": getattr(attack, "steps_per_image", 0),
+            "steps_per_image": attack.steps_per_image,
             "attacked_images": ev.extra.get("attacked", ev.images),  # a resumed job skips finished images
             "skipped_images": ev.extra.get("skipped", 0),
             "peak_memory_mb": _peak_memory_mb(device),
         },
-        "contract": metrics.CONTRACT,
-        "warnings": warnings_,
-        "versions": _versions(),
-    }
+        warnings=warnings_,
+    )
 
 
-@hydra.main(version_base="1.3", config_path="pkg://splitinv.conf", config_name="run")
-def _hydra_main(cfg: DictConfig) -> None:
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    try:
-        record = run(cfg)
-    except Exception as err:
-        results.write_failure(Path(cfg.paths.output_dir), err)
-        if isinstance(err, SplitinvError):  # one line, no traceback: the message says what to change
-            print(f"splitinv-run: error: {err}", file=sys.stderr)
-            if not multirun:
-                sys.exit(2)
-        elif not multirun:
-            raise
-        else:
-            log.error("job failed (%s: %s); the sweep goes on", type(err).__name__, err)
-        return
-    summary = ", ".join(
+def _summary(record: dict[str, Any], cfg: DictConfig) -> str:
+    numbers = ", ".join(
         f"{n} {record[n]['mean']:.4f}" if record.get(n) else f"{n} n/a" for n in ("lpips", "ssim", "psnr")
     )
-    log.info(
-        "%s %s @ %s: %s -> %s",
-        record["attack"],
-        record["victim"],
-        record["cut"],
-        summary,
-        cfg.paths.output_dir,
-    )
-
-
-def config_groups(config_module: str = "splitinv.conf") -> dict[str, list[str]]:
-    """The selectable config groups (victim, attack, data, ...) and their options."""
-    root = importlib.resources.files(config_module)
-    return {
-        d.name: sorted(
-            p.name[: -len(".yaml")]
-            for p in d.iterdir()
-            if p.name.endswith(".yaml") and not p.name.startswith("_")
-        )
-        for d in root.iterdir()
-        if d.is_dir() and d.name not in ("hydra", "paths", "__pycache__")
-    }
-
-
-def check_group_choices(argv: list[str]) -> None:
-    """Refuse an unknown group option (``data=imagenett``) in one line, before Hydra's multi-line error."""
-    groups = config_groups()
-    for arg in argv:
-        key, sep, value = arg.lstrip("+~").partition("=")
-        if not sep or key not in groups or "(" in value or "*" in value or value in ("null", ""):
-            continue
-        for choice in value.split(","):
-            if choice not in groups[key]:
-                close = difflib.get_close_matches(choice, groups[key], n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                raise SplitinvError(
-                    f"unknown {key} {choice!r}{hint}: choose one of {', '.join(groups[key])}."
-                )
+    return f"{record['attack']} {record['victim']} @ {record['cut']}: {numbers} -> {cfg.paths.output_dir}"
 
 
 def expand_cut_sweep(argv: list[str]) -> list[str]:
@@ -338,12 +266,5 @@ def expand_cut_sweep(argv: list[str]) -> list[str]:
     return [*argv[: at[0]], "cut=" + ",".join(points), *argv[at[0] + 1 :]]
 
 
-def main() -> None:
-    """Console entry point (`splitinv-run`)."""
-    try:
-        check_group_choices(sys.argv[1:])
-        sys.argv[1:] = expand_cut_sweep(sys.argv[1:])
-    except SplitinvError as err:
-        print(f"splitinv-run: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    _hydra_main()
+main = hydra_command("splitinv-run", "run", run, _summary, prepare_argv=expand_cut_sweep)
+main.__doc__ = "Console entry point (`splitinv-run`)."

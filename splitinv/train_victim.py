@@ -7,18 +7,18 @@ trains a ResNet-18 on the Fashion-MNIST subset that ships with splitinv).
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from splitinv.config import instantiate
 from splitinv.errors import SplitinvError
 from splitinv.io import save_atomic
+from splitinv.task import hydra_command
 from splitinv.victims import Victim
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,6 @@ def save_victim(victim: Victim, path: str | Path) -> Path:
 
 def train_victim(cfg: DictConfig) -> dict[str, Any]:
     """Train ``cfg.victim`` on ``cfg.data`` (aux split = training set, eval split = validation), save it."""
-    from splitinv.run import instantiate
-
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -87,33 +85,19 @@ def train_victim(cfg: DictConfig) -> dict[str, Any]:
     module = ClassifierModule(victim, **cfg.optim)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger)
-    try:
-        trainer.fit(module, datamodule=datamodule)
-        val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-    finally:
-        if logger and type(logger).__name__ == "WandbLogger":
-            import wandb
-
-            wandb.finish()
+    trainer.fit(module, datamodule=datamodule)
+    val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     victim.eval()
     out = Path(cfg.checkpoint or Path(cfg.paths.output_dir) / CHECKPOINT_NAME)
     if trainer.is_global_zero:
         save_victim(victim.cpu(), out)
     result = {"checkpoint": str(out), "val_acc": float(val["val/acc"]), "val_loss": float(val["val/loss"])}
-    log.info("victim %s on %s: val acc %.4f -> %s", victim.name, datamodule.name, result["val_acc"], out)
     return result
 
 
-@hydra.main(version_base="1.3", config_path="pkg://splitinv.conf", config_name="train_victim")
-def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        result = train_victim(cfg)
-    except SplitinvError as err:
-        print(f"splitinv-train-victim: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(OmegaConf.to_yaml(OmegaConf.create(result)).strip())
+def _summary(result: dict[str, Any], cfg: DictConfig) -> str:
+    return f"val_acc {result['val_acc']:.4f}, val_loss {result['val_loss']:.4f} -> {result['checkpoint']}"
 
 
-def main() -> None:
-    """Console entry point."""
-    _hydra_main()
+main = hydra_command("splitinv-train-victim", "train_victim", train_victim, _summary)
+main.__doc__ = "Console entry point (`splitinv-train-victim`)."

@@ -20,15 +20,16 @@ from torch import nn
 
 import splitinv.attacks.optimize as optimize_module
 from splitinv import metrics
-from splitinv.attacks import BNStatsPrior, HybridAttack, OptimizationAttack
+from splitinv.attacks import AttackContext, BNStatsPrior, HybridAttack, OptimizationAttack
 from splitinv.attacks.optimize import DEPTH_THRESHOLD, feature_loss, image_generator
 from splitinv.attacks.priors import alpha_norm, random_flip, random_jitter, total_variation
-from splitinv.config import compose
+from splitinv.config import compose, instantiate
 from splitinv.cut import cut
 from splitinv.data import FashionMNISTDataModule
 from splitinv.errors import SplitinvError
 from splitinv.evaluate import ReconstructionStore, evaluate, reconstruct
-from splitinv.run import instantiate, run
+from splitinv.run import run
+from splitinv.split import Split, split
 from splitinv.train_victim import save_victim
 from splitinv.victims import build_victim
 
@@ -277,8 +278,8 @@ def test_loop_options_reduce_the_feature_loss(options: dict[str, Any]) -> None:
     with torch.no_grad():
         f = head(x)
     attack = OptimizationAttack(steps=60, progress=False, **options)
-    attack.fit(head, None, None, (3, 12, 12))
-    x_hat = attack.invert(f, index=[0, 1, 2])
+    attack.fit(AttackContext.for_head(head, (3, 12, 12)))
+    x_hat = attack.invert(f, index=[0, 1, 2]).images
     assert x_hat.shape == x.shape and 0 <= x_hat.min() and x_hat.max() <= 1
     kind = options.get("feature_loss", "mse")
     start = feature_loss(head(torch.full_like(x, 0.5)), f, kind)
@@ -289,7 +290,7 @@ def test_loop_options_reduce_the_feature_loss(options: dict[str, Any]) -> None:
 def test_nan_loss_is_a_clear_error() -> None:
     head = nn.Conv2d(3, 4, 3)
     attack = OptimizationAttack(schedule="shallow", steps=3, progress=False, check_every=1)
-    attack.fit(head, None, None, (3, 8, 8))
+    attack.fit(AttackContext.for_head(head, (3, 8, 8)))
     with pytest.raises(SplitinvError, match="loss became nan/inf by step 1: lower attack.lr") as err:
         attack.invert(torch.full((2, 4, 6, 6), float("nan")))
     assert "\n" not in str(err.value)
@@ -380,7 +381,7 @@ def test_results_do_not_depend_on_batch_size(victim_path: Path, one_thread: None
         tv_weight=1e-4,
         progress=False,
     )
-    attack.fit(head, None, None, (3, 32, 32))
+    attack.fit(AttackContext.for_head(head, (3, 32, 32)))
     results = []
     for batch_size, trainer in ((N_EVAL, None), (2, "lightning"), (4, "lightning")):
         dm = FashionMNISTDataModule(vendored=True, image_size=32, n_eval=N_EVAL, batch_size=batch_size)
@@ -392,7 +393,7 @@ def test_results_do_not_depend_on_batch_size(victim_path: Path, one_thread: None
             tr = L.Trainer(
                 accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
             )
-        store, _prefix, attacked = reconstruct(head, attack, dm.predict_dataloader(), trainer=tr)
+        store, _prefix, attacked = reconstruct(Split(head), attack, dm.predict_dataloader(), trainer=tr)
         assert attacked == N_EVAL
         results.append(torch.stack([store._memory[i]["image"] for i in range(N_EVAL)]))
     assert torch.allclose(results[0], results[1], atol=1e-5) and torch.allclose(
@@ -407,7 +408,7 @@ def test_bf16_autocast_gives_float32_images(victim_path: Path, one_thread: None)
     victim = build_victim("resnet18", weights=str(victim_path), image_size=32, num_classes=10).eval()
     head, _ = cut(victim, "layer1")
     attack = OptimizationAttack(steps=5, lr=0.01, tv_weight=1e-4, bn_weight=0.01, progress=False)
-    attack.fit(head, None, None, (3, 32, 32))
+    attack.fit(AttackContext.for_head(head, (3, 32, 32)))
     dm = FashionMNISTDataModule(vendored=True, image_size=32, n_eval=2, batch_size=2)
     images = []
     for precision in ("32-true", "bf16-mixed"):
@@ -418,7 +419,7 @@ def test_bf16_autocast_gives_float32_images(victim_path: Path, one_thread: None)
             enable_progress_bar=False,
             enable_model_summary=False,
         )
-        store, _prefix, _n = reconstruct(head, attack, dm.predict_dataloader(), trainer=trainer)
+        store, _prefix, _n = reconstruct(Split(head), attack, dm.predict_dataloader(), trainer=trainer)
         images.append(torch.stack([store._memory[i]["image"] for i in range(2)]))
     assert images[1].dtype == torch.float32 and torch.isfinite(images[1]).all()
     assert (images[1] - images[0]).abs().mean() < 0.01  # 5 steps of lr 0.01 in bf16 stay close
@@ -428,13 +429,12 @@ def test_evaluate_without_trainer_keeps_per_image_files(
     tmp_path: Path, victim_path: Path, one_thread: None
 ) -> None:
     victim = build_victim("resnet18", weights=str(victim_path), image_size=32, num_classes=10).eval()
-    head, _ = cut(victim, "layer1")
+    the_split = split(victim, "layer1")
     attack = OptimizationAttack(steps=5, lr=0.01, tv_weight=1e-4, progress=False)
-    attack.fit(head, None, None, (3, 32, 32))
+    attack.fit(AttackContext.for_attack(attack, the_split, (3, 32, 32)))
     dm = FashionMNISTDataModule(vendored=True, image_size=32, n_eval=4, batch_size=3)
     ev = evaluate(
-        victim,
-        head,
+        the_split,
         attack,
         dm.predict_dataloader(),
         lpips="off",
@@ -443,8 +443,7 @@ def test_evaluate_without_trainer_keeps_per_image_files(
     )
     assert ev.attacked == 4 and ev.extra["skipped"] == 0 and attack.calls == 2
     ev2 = evaluate(
-        victim,
-        head,
+        the_split,
         attack,
         dm.predict_dataloader(),
         lpips="off",
@@ -464,16 +463,16 @@ def test_hybrid_reuses_a_decoder_checkpoint(
     victim = build_victim("resnet18", weights=str(victim_path), image_size=32, num_classes=10).eval()
     head, _ = cut(victim, "layer1")
     attack = HybridAttack(decoder_checkpoint=str(out / "decoder.pt"), steps=3, lr=0.01, progress=False)
-    attack.fit(head, None, None, (3, 32, 32))  # no data needed: the decoder is loaded
-    assert attack.train_stats == {} and attack.describe()["init"] == "decoder"
+    stats = attack.fit(AttackContext.for_head(head, (3, 32, 32)))  # no data needed: the decoder is loaded
+    assert stats == {} and attack.describe()["init"] == "decoder"
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         f = head(x)
-    start = attack.decoder_attack.invert(f)
-    x_hat = attack.invert(f, index=torch.tensor([0, 1]))
+    start = attack.decoder_attack.invert(f).images
+    x_hat = attack.invert(f, index=torch.tensor([0, 1])).images
     assert x_hat.shape == x.shape and (x_hat - start).abs().max() < 0.0301  # 3 Adam steps of lr 0.01
     deep_head, _ = cut(victim, "layer2")
     with pytest.raises(SplitinvError, match="trained on features of shape \\(64, 8, 8\\).*same cut point"):
         HybridAttack(decoder_checkpoint=str(out / "decoder.pt"), schedule="deep", progress=False).fit(
-            deep_head, None, None, (3, 32, 32)
+            AttackContext.for_head(deep_head, (3, 32, 32))
         )

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from splitinv import build_victim, metrics
+from splitinv.attacks.base import AttackContext
 from splitinv.attacks.dci import (
     DCIAttack,
     DCIModule,
@@ -34,6 +35,7 @@ from splitinv.attacks.dci import (
 from splitinv.cut import cut
 from splitinv.data import FashionMNISTDataModule
 from splitinv.errors import SplitinvError
+from splitinv.split import Split, split
 
 SHAPE = (3, 32, 32)
 # CPU-sized settings for the tests (the config defaults are the published-style ones)
@@ -78,6 +80,11 @@ class NoAuxData(FashionMNISTDataModule):
 
     def train_dataloader(self) -> Any:
         raise AssertionError("DCI asked for the auxiliary dataloader: it must be data-free")
+
+
+def _context(head: nn.Module, trainer: L.Trainer, victim: nn.Module | None = None) -> AttackContext:
+    """What a run gives DCI (white-box, data-free) on a split at ``head``."""
+    return AttackContext.for_attack(DCIAttack(), Split(head), SHAPE, trainer=trainer, victim=victim)
 
 
 def _trainer(epochs: int = EPOCHS, logger: Any = False) -> L.Trainer:
@@ -129,9 +136,12 @@ def fitted(victim: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> dict[
     logs = tmp_path_factory.mktemp("dci_logs")
     logger = CSVLogger(logs, name="dci")
     start = time.perf_counter()
-    attack.fit(head, data, _trainer(logger=logger), SHAPE)
+    # for_attack gives a data-free attack no auxiliary data, whatever the caller has
+    context = AttackContext.for_attack(attack, Split(head), SHAPE, data=data, trainer=_trainer(logger=logger))
+    stats = attack.fit(context)
     return {
         "attack": attack,
+        "stats": stats,
         "head": head,
         "data": data,
         "logs": Path(logger.log_dir),
@@ -142,19 +152,19 @@ def fitted(victim: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> dict[
 def test_fit_reads_no_real_image(fitted: dict[str, Any], victim: nn.Module) -> None:
     attack, data = fitted["attack"], fitted["data"]
     assert data.raising.reads == 0
-    assert attack.knowledge.as_dict() == {"access": "white-box", "aux_data": "none"}
+    assert attack.knowledge.as_dict() == {"access": "white-box", "aux_data": "none", "defense_aware": True}
     assert attack.synthetic is not None and attack.synthetic.shape == (64, *SHAPE)
     # the evaluation images (scoring only) still reach the attack through the head, as in a run
     from splitinv.evaluate import evaluate
 
-    ev = evaluate(victim, fitted["head"], attack, data.predict_dataloader(), progress=False)
+    ev = evaluate(split(victim, "layer1"), attack, data.predict_dataloader(), progress=False)
     assert ev.images == 16 and data.raising.reads == 0
 
 
 def test_reconstructions_beat_a_constant_image(fitted: dict[str, Any], eval_images: torch.Tensor) -> None:
     attack, head = fitted["attack"], fitted["head"]
     with torch.no_grad():
-        x_hat = attack.invert(head(eval_images))
+        x_hat = attack.invert(head(eval_images)).images
     assert x_hat.shape == eval_images.shape and 0 <= x_hat.min() and x_hat.max() <= 1
     ssim = metrics.ssim(eval_images, x_hat).mean().item()
     constant = metrics.ssim(eval_images, torch.full_like(eval_images, 0.5)).mean().item()
@@ -172,7 +182,7 @@ def test_one_inverter_per_block_and_the_cycle_term_is_used(fitted: dict[str, Any
     assert len(attack.chain.inverters) == 2 and attack.describe()["n_inverters"] == 2
     assert attack.chain.shapes == [SHAPE, (32, 16, 16), (32, 8, 8)]
     # every loss component was logged, block-wise and end to end
-    losses = attack.train_stats["losses"]
+    losses = fitted["stats"]["losses"]
     assert {"rec/0", "cycle/0", "rec/1", "cycle/1", "finetune/rec", "finetune/cycle", "loss"} <= set(losses)
     logged = (fitted["logs"] / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/cycle/0_epoch", "train/finetune/cycle_epoch", "synth/bn"} <= set(logged)
@@ -204,14 +214,14 @@ def test_save_and_load_give_identical_outputs(
     chain, meta = load_chain(path)
     z = head(torch.rand(4, *SHAPE))
     with torch.no_grad():
-        assert torch.equal(chain(z).clamp(0, 1), attack.invert(z))
+        assert torch.equal(chain(z).clamp(0, 1), attack.invert(z).images)
     reused = DCIAttack(checkpoint=str(path))
-    reused.fit(head, NoAuxData(), _trainer(), SHAPE)  # no training: the checkpoint is the attack
-    assert torch.equal(reused.invert(z), attack.invert(z)) and reused.points == meta["points"]
+    reused.fit(_context(head, trainer=_trainer()))  # no training: the checkpoint is the attack
+    assert torch.equal(reused.invert(z).images, attack.invert(z).images) and reused.points == meta["points"]
     with pytest.raises(SplitinvError, match="inverts .* features .* this head gives"):
-        DCIAttack(checkpoint=str(path)).fit(cut(victim, "act1")[0], None, _trainer(), SHAPE)
+        DCIAttack(checkpoint=str(path)).fit(_context(cut(victim, "act1")[0], trainer=_trainer()))
     with pytest.raises(SplitinvError, match=r"^DCI checkpoint .*nope.pt does not exist: train one"):
-        DCIAttack(checkpoint=str(tmp_path / "nope.pt")).fit(head, None, _trainer(), SHAPE)
+        DCIAttack(checkpoint=str(tmp_path / "nope.pt")).fit(_context(head, trainer=_trainer()))
 
 
 def test_same_seed_same_reconstructions(victim: nn.Module) -> None:
@@ -220,10 +230,10 @@ def test_same_seed_same_reconstructions(victim: nn.Module) -> None:
     outs = []
     for seed in (3, 3, 4):
         attack = DCIAttack(**tiny, seed=seed)
-        attack.fit(head, None, _trainer(epochs=2), SHAPE)
+        attack.fit(_context(head, trainer=_trainer(epochs=2)))
         with torch.no_grad():
             outs.append(
-                attack.invert(head(torch.rand(4, *SHAPE, generator=torch.Generator().manual_seed(0))))
+                attack.invert(head(torch.rand(4, *SHAPE, generator=torch.Generator().manual_seed(0)))).images
             )
     assert torch.equal(outs[0], outs[1])
     assert not torch.equal(outs[0], outs[2])
@@ -233,11 +243,11 @@ def test_the_full_victim_adds_its_bn_layers_and_cross_entropy(victim: nn.Module)
     head, _ = cut(victim, "layer1")
     tiny = {**SMALL, "synth_images": 8, "synth_batch": 8, "synth_iterations": 2, "finetune_epochs": 0}
     attack = DCIAttack(**tiny)
-    attack.fit(head, None, _trainer(epochs=1), SHAPE, victim=victim)
-    assert attack.describe()["synthesis_model"] == "victim" and attack.train_stats["synth_ce"] > 0
+    stats = attack.fit(_context(head, trainer=_trainer(epochs=1), victim=victim))
+    assert attack.describe()["synthesis_model"] == "victim" and stats["synth_ce"] > 0
     head_only = DCIAttack(**tiny)
-    head_only.fit(head, None, _trainer(epochs=1), SHAPE)
-    assert head_only.describe()["synthesis_model"] == "head" and head_only.train_stats["synth_ce"] == 0
+    stats = head_only.fit(_context(head, trainer=_trainer(epochs=1)))
+    assert head_only.describe()["synthesis_model"] == "head" and stats["synth_ce"] == 0
 
 
 def test_config_defaults_are_the_published_style_settings() -> None:
@@ -289,7 +299,7 @@ def test_bad_settings_and_nan_losses_are_one_line_errors(victim: nn.Module) -> N
         DCIAttack(blocks="stagez")
     with pytest.raises(SplitinvError, match="finetune_epochs=2 leaves no block-wise epochs"):
         DCIAttack(**{**SMALL, "synth_iterations": 0, "finetune_epochs": 2}).fit(
-            head, None, _trainer(2), SHAPE
+            _context(head, trainer=_trainer(2))
         )
 
     class NoBN(nn.Module):

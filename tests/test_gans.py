@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from splitinv import build_victim, cut, cut_points, metrics
-from splitinv.attacks import GANPriorAttack
+from splitinv.attacks import AttackContext, GANPriorAttack
 from splitinv.config import compose
 from splitinv.errors import SplitinvError
 from splitinv.gans import build_generator
@@ -20,6 +20,7 @@ from splitinv.gans.run import gan_invert
 from splitinv.gans.train import train_gan
 from splitinv.report import collect, table
 from splitinv.run import run
+from splitinv.split import Split
 
 ASSET = Path(__file__).parent / "assets" / "dcgan_fashion_mnist_32.pt"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -224,15 +225,15 @@ def head_and_images(generator: DCGANGenerator):
 def test_gan_prior_attack_recovers_images_in_the_generators_range(head_and_images, search: str) -> None:
     victim, head, g, x = head_and_images
     attack = GANPriorAttack(g, search=search, steps=150, lr=0.05, restarts=3, progress=False)
-    attack.fit(head, None, None, (3, 32, 32), victim=victim)
+    attack.fit(AttackContext.for_attack(attack, Split(head), (3, 32, 32), victim=victim))
     with torch.no_grad():
         features = head(x)
-    x_hat = attack.invert(features, index=torch.arange(4))
-    assert x_hat.shape == x.shape and attack.last_losses is not None
+    x_hat, losses = attack.invert(features, index=torch.arange(4))
+    assert x_hat.shape == x.shape and losses is not None and losses.shape == (4,)
     baseline = g(g.sample_latent(4, generator=torch.Generator().manual_seed(9))).expand(-1, 3, -1, -1)
     ssim_hat, ssim_base = float(metrics.ssim(x, x_hat).mean()), float(metrics.ssim(x, baseline).mean())
     assert ssim_hat > ssim_base + 0.2, (ssim_hat, ssim_base)
-    again = attack.invert(features, index=torch.arange(4))
+    again = attack.invert(features, index=torch.arange(4)).images
     torch.testing.assert_close(again, x_hat)  # seeded per image: the same starts, the same result
     assert attack.describe()["search"] == search and attack.steps_per_image == 450
 
@@ -246,9 +247,8 @@ def test_gan_prior_decoder_init_starts_closer(head_and_images) -> None:
         attack = GANPriorAttack(
             g, steps=1, lr=1e-6, restarts=1, init=init, init_samples=512, init_epochs=15, progress=False
         )
-        attack.fit(head, None, None, (3, 32, 32), victim=victim)
-        attack.invert(features, index=torch.arange(4))
-        losses[init] = float(attack.last_losses.mean())
+        attack.fit(AttackContext.for_attack(attack, Split(head), (3, 32, 32), victim=victim))
+        losses[init] = float(attack.invert(features, index=torch.arange(4)).losses.mean())
     assert losses["decoder"] < losses["prior"], losses
 
 

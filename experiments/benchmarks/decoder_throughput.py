@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from splitinv.attacks import AttackContext
 from splitinv.attacks.decoder import DecoderAttack, build_decoder
 from splitinv.cut import cut
 from splitinv.victims import build_victim
@@ -67,7 +68,7 @@ def splitinv_steps_per_s(
         enable_model_summary=False,
         callbacks=[timer],
     )
-    attack.fit(head, _Data(loader), trainer, shape)
+    attack.fit(AttackContext.for_head(head, shape, data=_Data(loader), trainer=trainer))
     return (steps - warmup) / (timer.end - timer.start)
 
 

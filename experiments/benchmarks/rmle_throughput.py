@@ -21,9 +21,10 @@ import lightning.pytorch as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from splitinv.attacks import OptimizationAttack
+from splitinv.attacks import AttackContext, OptimizationAttack
 from splitinv.cut import cut
 from splitinv.evaluate import reconstruct
+from splitinv.split import Split
 from splitinv.victims import build_victim
 
 LR, TV_WEIGHT = (
@@ -49,7 +50,7 @@ def splitinv_images_per_s(
     head: torch.nn.Module, loader: DataLoader, size: int, steps: int
 ) -> tuple[float, dict]:
     attack = OptimizationAttack(name="rmle", steps=steps, lr=LR, tv_weight=TV_WEIGHT, progress=False)
-    attack.fit(head, None, None, (3, size, size))
+    attack.fit(AttackContext.for_head(head, (3, size, size)))
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -59,7 +60,7 @@ def splitinv_images_per_s(
         enable_model_summary=False,
     )
     start = time.perf_counter()
-    store, _prefix, attacked = reconstruct(head, attack, loader, trainer=trainer, progress=False)
+    store, _prefix, attacked = reconstruct(Split(head), attack, loader, trainer=trainer, progress=False)
     seconds = time.perf_counter() - start
     return attacked / seconds, {i: v["image"] for i, v in store._memory.items()}
 

@@ -1,15 +1,17 @@
-"""Attacks: one interface (``fit`` is optional; ``invert`` maps cut-point activations to [0, 1] images)."""
+"""Attacks: one protocol (:mod:`splitinv.attacks.base`): ``fit(context)``, ``invert(observations)``,
+``artifacts()``."""
 
-from splitinv.attacks.base import Attack, AttackerKnowledge
+from splitinv.attacks.base import Attack, AttackContext, AttackerKnowledge, Reconstruction
 from splitinv.attacks.dci import DCIAttack
 from splitinv.attacks.decoder import DecoderAttack, build_decoder
-from splitinv.attacks.gan_prior import GANPriorAttack, optimize_state
+from splitinv.attacks.gan_prior import GANPriorAttack
 from splitinv.attacks.hybrid import HybridAttack
 from splitinv.attacks.optimize import OptimizationAttack, OptimizeSettings
 from splitinv.attacks.priors import BNStatsPrior
 
 __all__ = [
     "Attack",
+    "AttackContext",
     "AttackerKnowledge",
     "BNStatsPrior",
     "DCIAttack",
@@ -18,6 +20,6 @@ __all__ = [
     "HybridAttack",
     "OptimizationAttack",
     "OptimizeSettings",
+    "Reconstruction",
     "build_decoder",
-    "optimize_state",
 ]

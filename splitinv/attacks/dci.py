@@ -33,11 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from splitinv.attacks.base import Attack, AttackerKnowledge
-from splitinv.attacks.decoder import conv_block, to_map, up_block
+from splitinv.attacks.base import Attack, AttackContext, AttackerKnowledge, Reconstruction, Writer
+from splitinv.attacks.decoder import DECODER_FILE, conv_block, to_map, up_block
 from splitinv.attacks.priors import BNStatsPrior, alpha_norm, random_flip, random_jitter, total_variation
 from splitinv.cut import CutPoint, cut, describe_cut_points
 from splitinv.errors import SplitinvError
+from splitinv.io import save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -445,6 +446,7 @@ class DCIAttack(Attack):
         seed: int = 0,
         checkpoint: str | None = None,
         name: str = "dci",
+        defense_aware: bool = True,
     ) -> None:
         self.name = name
         for key, value, minimum in (
@@ -477,41 +479,31 @@ class DCIAttack(Attack):
             "flip": bool(flip),
             "seed": int(seed),
         }
-        self.knowledge = AttackerKnowledge(access="white-box", aux_data="none")
+        self.knowledge = AttackerKnowledge(access="white-box", aux_data="none", defense_aware=defense_aware)
         self.checkpoint = checkpoint
         self.chain: InverterChain | None = None
         self.points: list[str] = []
         self.synthesis_model: str | None = None
         self.jitter_px: int | None = None
         self.synthetic: torch.Tensor | None = None
-        self.train_stats: dict[str, Any] = {}
 
-    @property
-    def decoder(self) -> InverterChain | None:
-        """The inverter chain (the run saves an attack's ``decoder`` through :meth:`save`)."""
-        return self.chain
+    def fit(self, context: AttackContext) -> dict[str, Any]:
+        """Synthesise images from the network, train the inverter chain on them; returns train stats.
 
-    def fit(
-        self,
-        head: nn.Module,
-        datamodule: Any,
-        trainer: L.Trainer,
-        image_shape: tuple[int, int, int],
-        victim: nn.Module | None = None,
-    ) -> None:
-        """Synthesise images from the network, train the inverter chain on them. Never reads ``datamodule``.
-
-        ``victim``: the full classifier, when the caller has it (white-box): synthesis then matches all of its
-        BatchNorm layers and adds cross-entropy to random classes; without it, the head's BN layers only.
+        Data-free (``aux_data: none``): the context carries no auxiliary data. ``context.victim``, the full
+        classifier (white-box), lets synthesis match all of its BatchNorm layers and add cross-entropy to
+        random classes; without it, the head's BN layers only.
         """
-        del datamodule  # data-free: no real image may reach the attack
+        the_split = context.require_split(self.name)
+        head, defense = the_split.head, the_split.defense
+        victim, trainer = context.victim, context.trainer
         head.eval()
-        image_shape = tuple(int(d) for d in image_shape)  # type: ignore[assignment]
+        image_shape = tuple(int(d) for d in context.image_shape)
         if self.checkpoint:
             self.chain, meta = load_chain(self.checkpoint)
             self.points = list(meta.get("points", []))
-            self._check_shapes(head, image_shape)
-            return
+            self._check_shapes(the_split.client, image_shape)
+            return {}
         epochs = trainer.max_epochs
         finetune = self.settings["finetune_epochs"]
         if not isinstance(epochs, int) or epochs < 1:
@@ -525,7 +517,9 @@ class DCIAttack(Attack):
             torch.manual_seed(self.settings["seed"])
             self.points = chain_points(head, self.settings["blocks"], image_shape[1])
             blocks = build_blocks(head, self.points)
-            shapes = _block_shapes(head, blocks, image_shape)
+            if not defense.is_identity:  # adaptive: the last inverter learns to invert what is sent
+                blocks[-1] = nn.Sequential(blocks[-1], defense)
+            shapes = _block_shapes(the_split.client, blocks, image_shape, check=not defense.stochastic)
             start = time.perf_counter()
             images, synth_stats = self._synthesize(head, victim, image_shape, trainer)
             synth_seconds = time.perf_counter() - start
@@ -555,7 +549,7 @@ class DCIAttack(Attack):
             for k, v in trainer.callback_metrics.items()
             if k.startswith("train/") and k.endswith("_epoch")
         }
-        self.train_stats = {
+        stats = {
             "train_seconds": seconds,
             "train_images": module.images_seen,
             "train_images_per_s": module.images_seen / seconds if seconds > 0 else float("nan"),
@@ -573,6 +567,7 @@ class DCIAttack(Attack):
             [_display(p) for p in self.points] or "the whole head",
             seconds,
         )
+        return stats
 
     def _synthesize(
         self, head: nn.Module, victim: nn.Module | None, image_shape: tuple[int, ...], trainer: L.Trainer
@@ -619,13 +614,13 @@ class DCIAttack(Attack):
                 "images: use a checkpoint trained at the same cut point and image size."
             )
 
-    def invert(self, features: torch.Tensor) -> torch.Tensor:
+    def invert(self, observations: torch.Tensor, index: torch.Tensor | None = None) -> Reconstruction:
         if self.chain is None:
             raise SplitinvError("the dci attack was not fitted: call fit() or pass attack.checkpoint=PATH.")
         self.chain.eval()
         dev = next(self.chain.parameters()).device
         with torch.no_grad():
-            return self.chain(features.to(dev)).clamp(0, 1)
+            return Reconstruction(self.chain(observations.to(dev)).clamp(0, 1))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -638,11 +633,15 @@ class DCIAttack(Attack):
             "n_inverters": len(self.chain.inverters) if self.chain is not None else None,
         }
 
+    def artifacts(self) -> dict[str, Writer]:
+        """The inverter chain as ``decoder.pt`` (loadable by ``attack.checkpoint``)."""
+        return {DECODER_FILE: self.save} if self.chain is not None else {}
+
     def save(self, path: str | Path) -> None:
         """Write the inverter chain: state dicts, shapes, block points (loadable with weights_only=True)."""
         if self.chain is None:
-            return
-        torch.save(
+            raise SplitinvError("the dci attack was not fitted: nothing to save.")
+        save_atomic(
             {
                 "format": DCI_FORMAT,
                 "shapes": [list(s) for s in self.chain.shapes],
@@ -669,14 +668,15 @@ def _check_blocks(blocks: Any) -> str | int | list[str]:
 
 
 def _block_shapes(
-    head: nn.Module, blocks: Sequence[nn.Module], image_shape: tuple[int, ...]
+    head: nn.Module, blocks: Sequence[nn.Module], image_shape: tuple[int, ...], check: bool = True
 ) -> list[tuple[int, ...]]:
-    """Per-image shapes at every boundary (the image first), checking that the blocks compose to the head."""
+    """Per-image shapes at every boundary (the image first), checking that the blocks compose to ``head``
+    (the device side; not checkable through a stochastic defense)."""
     probe = torch.rand(2, *image_shape, generator=torch.Generator().manual_seed(0))
     probe = probe.to(next(iter(head.parameters()), torch.empty(0)).device)
     with torch.no_grad():
         acts = _run_blocks(blocks, probe)
-        if not torch.allclose(acts[-1], head(probe), rtol=1e-4, atol=1e-5):  # pragma: no cover
+        if check and not torch.allclose(acts[-1], head(probe), rtol=1e-4, atol=1e-5):  # pragma: no cover
             raise SplitinvError("internal: DCI's blocks do not compose to the head; report this cut point.")
     return [tuple(a.shape[1:]) for a in acts]
 

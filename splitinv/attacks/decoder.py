@@ -9,17 +9,22 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from splitinv.attacks.base import Attack, AttackerKnowledge
+from splitinv.attacks.base import Attack, AttackContext, AttackerKnowledge, Reconstruction, Writer
 from splitinv.errors import SplitinvError
+from splitinv.io import load_weights, save_atomic
+
+if TYPE_CHECKING:  # pragma: no cover
+    from splitinv.split import QueryOracle
 
 DECODER_FORMAT = "splitinv-decoder/1"
+DECODER_FILE = "decoder.pt"
 
 
 class TokensToMap(nn.Module):
@@ -118,11 +123,12 @@ def build_decoder(
 
 
 class DecoderModule(L.LightningModule):
-    """Trains a decoder on auxiliary images through a frozen head."""
+    """Trains a decoder on (auxiliary image, observation) pairs: observations come from the query oracle, or
+    precomputed (cached observations: batches of {"image", "observation"})."""
 
     def __init__(
         self,
-        head: nn.Module,
+        oracle: QueryOracle | None,
         decoder: Decoder,
         loss: str = "mse",
         perceptual_weight: float = 0.0,
@@ -133,27 +139,24 @@ class DecoderModule(L.LightningModule):
         super().__init__()
         if loss not in ("mse", "l1"):
             raise SplitinvError(f"unknown decoder loss {loss!r}: use attack.loss=mse or attack.loss=l1.")
-        self.head, self.decoder = head, decoder
-        for p in self.head.parameters():
-            p.requires_grad_(False)
+        self.oracle, self.decoder = oracle, decoder
         self.loss_name, self.perceptual_weight = loss, float(perceptual_weight)
         self.lr, self.amsgrad, self.weight_decay = lr, amsgrad, weight_decay
         self.images_seen = 0
         self._perceptual: list[nn.Module] = []
 
-    def train(self, mode: bool = True) -> DecoderModule:
-        """Only the decoder trains: the head stays in eval mode so the victim's BatchNorm stats never move."""
-        super().train(mode)
-        self.head.eval()
-        return self
+    def on_fit_start(self) -> None:
+        if self.oracle is not None:  # the device side answers queries where the decoder trains
+            self.oracle.to(self.device)
 
-    def features(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images, head features) of a batch: from the head, or precomputed (a feature cache)."""
+    def observations(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, observations) of a batch: queried from the oracle, or precomputed (the cache)."""
         if isinstance(batch, dict):
-            return batch["image"].float(), batch["features"].float()
+            return batch["image"].float(), batch["observation"].float()
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        with torch.no_grad():
-            return x, self.head(x)
+        if self.oracle is None:
+            raise SplitinvError("image batches need a query oracle to observe them: pass context.oracle.")
+        return x, self.oracle(x)
 
     def _loss(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         pixel = F.mse_loss(x_hat, x) if self.loss_name == "mse" else F.l1_loss(x_hat, x)
@@ -167,7 +170,7 @@ class DecoderModule(L.LightningModule):
         return pixel + self.perceptual_weight * lp
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, f = self.features(batch)
+        x, f = self.observations(batch)
         loss = self._loss(self.decoder(f), x)
         if not torch.isfinite(loss):
             raise SplitinvError(
@@ -185,10 +188,10 @@ class DecoderModule(L.LightningModule):
 
 
 class DecoderAttack(Attack):
-    """Black-box inverse network: train a decoder on the head's outputs for auxiliary images."""
+    """Black-box inverse network: train a decoder on the observations of auxiliary images."""
 
     name = "decoder"
-    uses_features = True  # trains from (image, head(image)) pairs only: a feature cache can feed it
+    learns_from_observations = True  # (image, observation) pairs only: the activation cache can feed it
 
     def __init__(
         self,
@@ -201,6 +204,7 @@ class DecoderAttack(Attack):
         aux_data: str = "same",
         checkpoint: str | None = None,
         name: str = "decoder",
+        defense_aware: bool = True,
     ) -> None:
         self.name = name
         self.settings = {
@@ -211,46 +215,42 @@ class DecoderAttack(Attack):
             "weight_decay": weight_decay,
             "width": width,
         }
-        self.knowledge = AttackerKnowledge(access="black-box", aux_data=aux_data)
+        self.knowledge = AttackerKnowledge(access="black-box", aux_data=aux_data, defense_aware=defense_aware)
         self.checkpoint = checkpoint
         self.decoder: Decoder | None = None
-        self.train_stats: dict[str, float] = {}
 
-    def fit(
-        self,
-        head: nn.Module,
-        datamodule: Any,
-        trainer: L.Trainer,
-        image_shape: tuple[int, int, int],
-        victim: nn.Module | None = None,
-    ) -> None:
+    def fit(self, context: AttackContext) -> dict[str, Any]:
+        """Train the decoder on the context's auxiliary data (or load ``checkpoint``); returns train stats."""
         if self.checkpoint:
             self.decoder = load_decoder(self.checkpoint)
-            return
+            return {}
+        datamodule = context.require_data(self.name)
         datamodule.setup("fit")
         loader = datamodule.train_dataloader()
         first = next(iter(loader))
-        if isinstance(first, dict):  # cached features
-            feature_shape = tuple(first["features"].shape[1:])
+        if isinstance(first, dict):  # cached observations
+            feature_shape = tuple(first["observation"].shape[1:])
         else:
-            head.eval()
-            with torch.no_grad():
-                device = next(iter(head.parameters())).device
-                feature_shape = tuple(head(first[0][:2].to(device)).shape[1:])
-        self.decoder = build_decoder(feature_shape, image_shape, self.settings["width"])
-        module = DecoderModule(head, self.decoder, **{k: v for k, v in self.settings.items() if k != "width"})
+            if context.oracle is None:
+                raise SplitinvError(f"{self.name} queries the device: its context needs the oracle.")
+            feature_shape = tuple(context.oracle(first[0][:2]).shape[1:])
+        self.decoder = build_decoder(feature_shape, context.image_shape, self.settings["width"])
+        module = DecoderModule(
+            context.oracle, self.decoder, **{k: v for k, v in self.settings.items() if k != "width"}
+        )
+        trainer = context.trainer
         start = time.perf_counter()
         trainer.fit(module, train_dataloaders=loader)
         seconds = time.perf_counter() - start
-        self.train_stats = {
+        self.decoder.eval()
+        return {
             "train_seconds": seconds,
             "train_images": module.images_seen,
             "train_images_per_s": module.images_seen / seconds if seconds > 0 else float("nan"),
             "train_steps": trainer.global_step,
         }
-        self.decoder.eval()
 
-    def invert(self, features: torch.Tensor) -> torch.Tensor:
+    def invert(self, observations: torch.Tensor, index: torch.Tensor | None = None) -> Reconstruction:
         if self.decoder is None:
             raise SplitinvError(
                 "the decoder attack was not fitted: call fit() or pass attack.checkpoint=PATH."
@@ -258,15 +258,19 @@ class DecoderAttack(Attack):
         self.decoder.eval()
         dev = next(self.decoder.parameters()).device
         with torch.no_grad():
-            return self.decoder(features.to(dev)).clamp(0, 1)
+            return Reconstruction(self.decoder(observations.to(dev)).clamp(0, 1))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), **self.settings, "checkpoint": self.checkpoint}
 
+    def artifacts(self) -> dict[str, Writer]:
+        return {DECODER_FILE: self.save} if self.decoder is not None else {}
+
     def save(self, path: str | Path) -> None:
+        """Write the decoder (``decoder.pt``: loadable by ``attack.checkpoint``), atomically."""
         if self.decoder is None:
-            return
-        torch.save(
+            raise SplitinvError("the decoder attack was not fitted: nothing to save.")
+        save_atomic(
             {
                 "format": DECODER_FORMAT,
                 "feature_shape": list(self.decoder.feature_shape),
@@ -279,12 +283,9 @@ class DecoderAttack(Attack):
 
 
 def load_decoder(path: str | Path) -> Decoder:
-    """A decoder saved by :meth:`DecoderAttack.save` (loaded with weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SplitinvError(f"decoder checkpoint {path} does not exist: train one with attack=decoder first.")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict) or obj.get("format") != DECODER_FORMAT:
+    """A decoder saved by :meth:`DecoderAttack.save`, or a one-line error (loaded with weights_only=True)."""
+    obj = load_weights(path, "decoder", hint="train one with attack=decoder first.")
+    if obj.get("format") != DECODER_FORMAT:
         raise SplitinvError(
             f"{path} is not a splitinv decoder checkpoint (expected format {DECODER_FORMAT})."
         )

@@ -11,7 +11,8 @@ generator's prior, or predicted by a small network trained on generated images (
 encoder start; it needs no real data). The generator is the attacker's: one trained on the victim's
 distribution is ``aux_data: same``.
 
-:func:`optimize_state` is the one loop, shared with GAN inversion (:mod:`splitinv.gans.invert`).
+:func:`splitinv.optim.optimize_state` is the one loop, shared with GAN inversion
+(:mod:`splitinv.gans.invert`).
 """
 
 from __future__ import annotations
@@ -24,74 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from splitinv.attacks.base import Attack, AttackerKnowledge
-from splitinv.attacks.optimize import FEATURE_LOSSES, _choice, _number, feature_loss, image_generator
+from splitinv.attacks.base import Attack, AttackContext, AttackerKnowledge, Reconstruction
+from splitinv.attacks.optimize import FEATURE_LOSSES, _choice, _number, expected_feature_loss
 from splitinv.attacks.priors import total_variation
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import LATENT, Generator, State
-
-
-def optimize_state(
-    state0: State,
-    objective: Callable[[State], Tensor],
-    steps: int,
-    lr: float,
-    keys: Sequence[str] | None = None,
-    *,
-    progress: bool = False,
-    name: str = "search",
-) -> tuple[State, Tensor]:
-    """Adam on the tensors ``keys`` of ``state0`` (default: all) to minimise ``objective``'s per-sample loss.
-
-    Returns the state with each sample's best values seen and that best loss (B,). Raises a one-line
-    :class:`SplitinvError` when the loss becomes NaN or inf.
-    """
-    keys = list(keys or state0)
-    free = {k: v.detach().clone().float().requires_grad_(k in keys) for k, v in state0.items()}
-    opt = torch.optim.Adam([free[k] for k in keys], lr=lr)
-    best = {k: v.detach().clone() for k, v in free.items()}
-    first = next(iter(free.values()))
-    best_loss = torch.full((first.shape[0],), float("inf"), device=first.device)
-    with torch.enable_grad():
-        for step in tqdm(range(steps), desc=name, leave=False, disable=not progress):
-            loss = objective(free)
-            if not bool(torch.isfinite(loss).all()):
-                raise SplitinvError(
-                    f"{name} loss became nan/inf at step {step + 1}: lower the learning rate (now {lr})."
-                )
-            with torch.no_grad():  # the loss at this step belongs to the state before the update
-                better = loss.detach() < best_loss
-                best_loss = torch.where(better, loss.detach(), best_loss)
-                for k in keys:
-                    mask = better.view(-1, *([1] * (free[k].ndim - 1)))
-                    best[k] = torch.where(mask, free[k].detach(), best[k])
-            opt.zero_grad(set_to_none=True)
-            loss.sum().backward()
-            opt.step()
-    with torch.no_grad():  # the state after the last update may be the best of all
-        loss = objective(free)
-        better = loss < best_loss
-        best_loss = torch.where(better, loss, best_loss)
-        for k in keys:
-            best[k] = torch.where(better.view(-1, *([1] * (free[k].ndim - 1))), free[k], best[k])
-    return best, best_loss
-
-
-def fit_image(x: Tensor, shape: Sequence[int]) -> Tensor:
-    """Generator images (B, c, h, w) in the victim's input shape (C, H, W): channels repeated or averaged,
-    size changed by bilinear interpolation (antialiased when shrinking)."""
-    c, h, w = (int(s) for s in shape)
-    if x.shape[1] != c:
-        if x.shape[1] == 1:
-            x = x.expand(-1, c, -1, -1)
-        elif c == 1:
-            x = x.mean(1, keepdim=True)
-        else:
-            raise SplitinvError(f"cannot feed {x.shape[1]}-channel generator images to a {c}-channel victim.")
-    if tuple(x.shape[-2:]) != (h, w):
-        shrink = x.shape[-1] > w
-        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
-    return x
+from splitinv.optim import fit_image, image_generator, optimize_state
 
 
 class LatentPredictor(nn.Module):
@@ -128,7 +67,6 @@ class GANPriorAttack(Attack):
     """
 
     per_image = True
-    uses_features = False
 
     def __init__(
         self,
@@ -148,6 +86,8 @@ class GANPriorAttack(Attack):
         access: str = "white-box",
         aux_data: str = "same",
         progress: bool = True,
+        defense_aware: bool = True,
+        eot_samples: int = 4,
     ) -> None:
         if not isinstance(generator, Generator):
             raise SplitinvError(
@@ -168,11 +108,16 @@ class GANPriorAttack(Attack):
         self.tv_weight, self.l2_weight = _number("tv_weight", tv_weight), _number("l2_weight", l2_weight)
         self.init = _choice("init", init, ("prior", "decoder"))
         self.init_samples, self.init_epochs = int(init_samples), int(init_epochs)
-        self.knowledge = AttackerKnowledge(access=access, aux_data=aux_data)
-        self.head: nn.Module | None = None
+        if access != "white-box":
+            raise SplitinvError(
+                f"attack.access={access!r}: the GAN-prior attack differentiates through the head (white-box)."
+            )
+        self.knowledge = AttackerKnowledge(access=access, aux_data=aux_data, defense_aware=defense_aware)
+        self.client: nn.Module | None = None  # what observe() runs: the head, then the defense
+        self.eot_samples = int(_number("eot_samples", eot_samples, 1))
+        self.eot_used = 1  # eot_samples against a stochastic defense the attacker models (set by fit)
         self.image_shape: tuple[int, int, int] | None = None
         self.predictor: LatentPredictor | None = None
-        self.last_losses: Tensor | None = None
 
     # ------------------------------------------------------------------ pieces
     def start(self, z: Tensor) -> State:
@@ -197,12 +142,12 @@ class GANPriorAttack(Attack):
         return self.start(z)
 
     def _objective(self, target: Tensor) -> Callable[[State], Tensor]:
-        head = self.head
+        head = self.client
         assert head is not None
 
         def objective(state: State) -> Tensor:
             x = self.render(state)
-            loss = feature_loss(head(x), target, self.feature_loss)
+            loss = expected_feature_loss(head, x, target, self.feature_loss, self.eot_used)
             if self.tv_weight > 0:
                 loss = loss + self.tv_weight * total_variation(x)
             if self.l2_weight > 0:
@@ -216,27 +161,25 @@ class GANPriorAttack(Attack):
         return "z" if self.point == LATENT else "h"
 
     # ------------------------------------------------------------------ interface
-    def fit(
-        self,
-        head: nn.Module,
-        datamodule: Any,
-        trainer: Any,
-        image_shape: tuple[int, int, int],
-        victim: nn.Module | None = None,
-    ) -> None:
-        """Keep the head (white-box); for ``init: decoder``, train the start predictor on generated images."""
-        self.head, self.image_shape = head.eval(), tuple(image_shape)
-        device = next(iter(head.parameters()), torch.empty(0)).device
+    def fit(self, context: AttackContext) -> dict[str, Any]:
+        """Keep the device side (white-box); for ``init: decoder``, train the start predictor on generated
+        images (no real data)."""
+        the_split = context.require_split(self.name)
+        self.client = the_split.client.eval()
+        self.eot_used = self.eot_samples if the_split.defense.stochastic else 1
+        self.image_shape = tuple(context.image_shape)  # type: ignore[assignment]
+        device = next(iter(self.client.parameters()), torch.empty(0)).device
         self.generator.to(device)
         if self.init == "decoder":
             self.predictor = self._train_predictor(device)
+        return {}
 
     @torch.no_grad()
     def _sample_pairs(self, n: int, g: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
-        """(head features of generated images, the searched tensor that made them)."""
-        assert self.head is not None
+        """(observations of generated images, the searched tensor that made them)."""
+        assert self.client is not None
         state = self.start(self.generator.sample_latent(n, self.space, generator=g, device=device))
-        return self.head(self.render(state)), state[self._main_key]
+        return self.client(self.render(state)), state[self._main_key]
 
     def _train_predictor(self, device: torch.device) -> LatentPredictor:
         """Regress the searched tensor from head features of generated images (data-free)."""
@@ -262,11 +205,11 @@ class GANPriorAttack(Attack):
                     opt.step()
         return predictor.eval()
 
-    def invert(self, features: Tensor, index: Tensor | Sequence[int] | None = None) -> Tensor:
+    def invert(self, features: Tensor, index: Tensor | Sequence[int] | None = None) -> Reconstruction:
         """Search ``restarts`` starts per image (seeded by (seed, index)); return the best reconstructions."""
-        if self.head is None or self.image_shape is None:
-            raise SplitinvError(f"the {self.name} attack has no head: call fit(head, ...) before invert().")
-        device = next(iter(self.head.parameters()), torch.empty(0)).device
+        if self.client is None or self.image_shape is None:
+            raise SplitinvError(f"the {self.name} attack has no split: call fit(context) before invert().")
+        device = next(iter(self.client.parameters()), torch.empty(0)).device
         self.generator.to(device)  # the run moves the head to its device after fit (a no-op when there)
         if self.predictor is not None:
             self.predictor.to(device)
@@ -290,8 +233,7 @@ class GANPriorAttack(Attack):
         rows = choice * b + torch.arange(b, device=choice.device)
         with torch.no_grad():
             x = self.render({k: v[rows] for k, v in best.items()})
-        self.last_losses = loss.view(self.restarts, b).min(0).values.cpu()
-        return x.clamp(0, 1)
+        return Reconstruction(x.clamp(0, 1), loss.view(self.restarts, b).min(0).values.cpu())
 
     @property
     def steps_per_image(self) -> int:
@@ -311,4 +253,5 @@ class GANPriorAttack(Attack):
             "l2_weight": self.l2_weight,
             "init": self.init,
             "seed": self.seed,
+            "eot_samples": self.eot_used,
         }

@@ -7,13 +7,14 @@ head's weights, runs the per-image optimisation of :mod:`splitinv.attacks.optimi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from splitinv.attacks.base import AttackContext, Writer
 from splitinv.attacks.decoder import DecoderAttack
 from splitinv.attacks.optimize import OptimizationAttack
 from splitinv.errors import SplitinvError
@@ -32,6 +33,7 @@ class HybridAttack(OptimizationAttack):
         decoder_checkpoint: str | None = None,
         decoder: Mapping[str, Any] | None = None,
         aux_data: str = "same",
+        defense_aware: bool = True,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("init", None)  # the start is the decoder's output
@@ -39,7 +41,7 @@ class HybridAttack(OptimizationAttack):
             raise SplitinvError(
                 "the hybrid attack's decoder learns from auxiliary data: set attack.aux_data=same or other."
             )
-        super().__init__(name=name, aux_data=aux_data, **kwargs)
+        super().__init__(name=name, aux_data=aux_data, defense_aware=defense_aware, **kwargs)
         settings = dict(decoder or {})
         unknown = sorted(set(settings) - set(DECODER_KEYS))
         if unknown:
@@ -53,25 +55,21 @@ class HybridAttack(OptimizationAttack):
                 "attack=decoder first, or set attack.decoder_checkpoint=null to train it in this job."
             )
         self.decoder_attack = DecoderAttack(
-            **settings, aux_data=aux_data, checkpoint=self.decoder_checkpoint, name=f"{name}-decoder"
+            **settings,
+            aux_data=aux_data,
+            checkpoint=self.decoder_checkpoint,
+            name=f"{name}-decoder",
+            defense_aware=defense_aware,
         )
         self.decoder: nn.Module | None = None
-        self.train_stats: dict[str, float] = {}
-        # the decoder trains from (image, head(image)) pairs only: the run's feature cache can feed it
-        self.uses_features = self.decoder_checkpoint is None
+        # the decoder trains from (image, observation) pairs only: the run's activation cache can feed it
+        self.learns_from_observations = self.decoder_checkpoint is None
 
-    def fit(
-        self,
-        head: nn.Module,
-        datamodule: Any,
-        trainer: Any,
-        image_shape: tuple[int, int, int],
-        victim: nn.Module | None = None,
-    ) -> None:
-        """Train (or load) the decoder through the head, then store the head and fix the schedule."""
-        super().fit(head, datamodule, trainer, image_shape)
+    def fit(self, context: AttackContext) -> dict[str, Any]:
+        """Train (or load) the decoder from the context's data, keep the device side, fix the schedule."""
+        super().fit(context)
         try:
-            self.decoder_attack.fit(head, datamodule, trainer, image_shape)
+            stats = self.decoder_attack.fit(context)
         except RuntimeError as err:  # load_state_dict: a decoder built by another splitinv version
             if not self.decoder_checkpoint:
                 raise
@@ -81,37 +79,35 @@ class HybridAttack(OptimizationAttack):
                 f"builds ({first}): retrain it with attack=decoder."
             ) from err
         self.decoder = self.decoder_attack.decoder
-        self.train_stats = dict(self.decoder_attack.train_stats)
-        assert self.decoder is not None
-        if tuple(self.decoder.image_shape) != tuple(image_shape):
+        assert self.decoder is not None and self.client is not None
+        image_shape = tuple(context.image_shape)
+        if tuple(self.decoder.image_shape) != image_shape:
             raise SplitinvError(
                 f"decoder {self.decoder_checkpoint} makes images of shape {tuple(self.decoder.image_shape)} "
-                f"but this run's images are {tuple(image_shape)}: use a decoder trained for this data."
+                f"but this run's images are {image_shape}: use a decoder trained for this data."
             )
-        device = next(iter(head.parameters()), torch.empty(0)).device
+        client = self.client
+        device = next(iter(client.parameters()), torch.empty(0)).device
         with torch.no_grad():
-            was_training = head.training
-            head.eval()
-            shape = tuple(head(torch.zeros(1, *image_shape, device=device)).shape[1:])
-            head.train(was_training)
+            was_training = client.training
+            client.eval()
+            shape = tuple(client(torch.zeros(1, *image_shape, device=device)).shape[1:])
+            client.train(was_training)
         if shape != tuple(self.decoder.feature_shape):
             raise SplitinvError(
                 f"decoder {self.decoder_checkpoint} was trained on features of shape "
                 f"{tuple(self.decoder.feature_shape)} but the head at this cut gives {shape}: "
                 "use a decoder from a run at the same cut point."
             )
+        return stats
 
     def _initial(
         self, features: Tensor, index: Tensor, shape: tuple[int, ...], device: torch.device
     ) -> Tensor:
         if self.decoder is None:
-            raise SplitinvError("the hybrid attack was not fitted: call fit() before invert().")
+            raise SplitinvError("the hybrid attack was not fitted: call fit(context) before invert().")
         self.decoder.to(device)
-        return self.decoder_attack.invert(features).to(device).float()
-
-    def invert(self, features: Tensor, index: Tensor | Sequence[int] | None = None) -> Tensor:
-        """Decode, then optimise each reconstruction against the features."""
-        return super().invert(features, index)
+        return self.decoder_attack.invert(features).images.to(device).float()
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -122,6 +118,6 @@ class HybridAttack(OptimizationAttack):
         info["decoder"] = {k: v for k, v in self.decoder_attack.settings.items()}
         return info
 
-    def save(self, path: str | Path) -> None:
-        """Write the decoder (``decoder.pt``, loadable by ``attack.decoder_checkpoint``)."""
-        self.decoder_attack.save(path)
+    def artifacts(self) -> dict[str, Writer]:
+        """The decoder (``decoder.pt``, loadable by ``attack.decoder_checkpoint``)."""
+        return self.decoder_attack.artifacts()

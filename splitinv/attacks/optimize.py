@@ -29,15 +29,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from splitinv.attacks.base import Attack, AttackerKnowledge
+from splitinv.attacks.base import AUX_DATA, Attack, AttackContext, AttackerKnowledge, Reconstruction
 from splitinv.attacks.priors import BNStatsPrior, alpha_norm, random_flip, random_jitter, total_variation
 from splitinv.errors import SplitinvError
+from splitinv.optim import image_generator
 
 __all__ = [
     "DEPTH_THRESHOLD",
@@ -55,7 +55,6 @@ LR_SCHEDULES = ("constant", "cosine", "step")
 SCHEDULES = ("auto", "shallow", "deep")
 PARAMS = ("clamp", "sigmoid")
 INITS = ("constant", "noise")
-AUX_DATA = ("same", "other", "none")
 # ``schedule: auto`` calls a cut shallow below this relative depth (cut index / (number of cut points - 1)).
 # He et al.'s shallow cuts sit at 1/6 (CIFAR conv11) and 1/5 (LeNet conv1) of their networks, their deep
 # ones at 2/5 (LeNet ReLU2) and beyond (CIFAR ReLU22 at 4/6): 0.4 separates them. On ResNet-18, layer1
@@ -94,12 +93,6 @@ def feature_loss(f_hat: Tensor, f: Tensor, kind: str = "mse") -> Tensor:
     raise SplitinvError(f"unknown attack.feature_loss {kind!r}: choose one of {', '.join(FEATURE_LOSSES)}.")
 
 
-def image_generator(seed: int, index: int) -> torch.Generator:
-    """A CPU generator seeded from (seed, image index): an image's random draws do not depend on its batch."""
-    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
 @dataclass
 class OptimizeSettings:
     """Everything the optimisation loop needs: the loss terms, the optimiser and the schedule."""
@@ -128,6 +121,7 @@ class OptimizeSettings:
     lr_gamma: float = 0.1
     param: str = "clamp"
     check_every: int = 50
+    eot_samples: int = 1
 
     def __post_init__(self) -> None:
         self.steps = int(_number("steps", self.steps, 1))
@@ -144,6 +138,7 @@ class OptimizeSettings:
         self.jitter = int(_number("jitter", self.jitter))
         self.lr_step_every = int(_number("lr_step_every", self.lr_step_every))
         self.check_every = int(_number("check_every", self.check_every, 1))
+        self.eot_samples = int(_number("eot_samples", self.eot_samples, 1))
         if self.lr_schedule == "step" and self.lr_step_every < 1:
             raise SplitinvError(
                 "attack.lr_schedule=step needs attack.lr_step_every >= 1 (steps between decays)."
@@ -185,6 +180,19 @@ def _make_scheduler(opt: torch.optim.Optimizer, s: OptimizeSettings) -> Any:
     if s.lr_schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=s.lr_step_every, gamma=s.lr_gamma)
     return None
+
+
+def expected_feature_loss(
+    model: nn.Module, x: Tensor, target: Tensor, kind: str = "mse", samples: int = 1
+) -> Tensor:
+    """Per-image ``feature_loss(model(x), target)``; with ``samples`` S > 1, its mean over S draws of a
+    stochastic defense inside ``model`` (expectation over transformation), the S replicas in one batch."""
+    if samples == 1:
+        return feature_loss(model(x), target, kind)
+    b = x.shape[0]
+    tile = (samples, *([1] * (x.ndim - 1)))
+    reps = (samples, *([1] * (target.ndim - 1)))
+    return feature_loss(model(x.repeat(tile)), target.repeat(reps), kind).view(samples, b).mean(0)
 
 
 def optimize(
@@ -239,7 +247,9 @@ def optimize(
                 if augment:
                     x_in = random_jitter(x_in, s.jitter, generators) if s.jitter > 0 else x_in
                     x_in = random_flip(x_in, 0.5, generators) if s.flip else x_in
-                loss = s.feature_weight * feature_loss(head(x_in), target, s.feature_loss)
+                loss = s.feature_weight * expected_feature_loss(
+                    head, x_in, target, s.feature_loss, s.eot_samples
+                )
                 if s.tv_weight > 0:
                     loss = loss + s.tv_weight * total_variation(x, s.tv_beta)
                 if s.alpha_weight > 0:
@@ -247,6 +257,8 @@ def optimize(
                 total = loss.sum()
                 if s.bn_weight > 0:
                     bn = prior.loss()
+                    if bn.ndim and bn.numel() != loss.numel():  # EOT replicas: one value per image
+                        bn = bn.view(-1, loss.numel()).mean(0)
                     if bn.ndim:
                         loss = loss + s.bn_weight * bn
                         total = loss.sum()
@@ -282,7 +294,7 @@ class OptimizationAttack(Attack):
     """White-box per-image inversion by optimisation (rMLE, Mahendran & Vedaldi, + BN prior), see module doc.
 
     ``lr`` / ``steps`` override the schedule; otherwise ``schedule`` picks the ``shallow`` or ``deep`` pair
-    (``auto``: by the cut's relative depth, shallow below ``depth_threshold``; the run sets ``cut_info``).
+    (``auto``: by the cut's relative depth from ``context.cut``, shallow below ``depth_threshold``).
     """
 
     name = "optimize"
@@ -304,6 +316,7 @@ class OptimizationAttack(Attack):
         lr: float | None = None,
         steps: int | None = None,
         progress: bool = True,
+        defense_aware: bool = True,
         **settings: Any,
     ) -> None:
         self.name = str(name)
@@ -312,7 +325,9 @@ class OptimizationAttack(Attack):
             raise SplitinvError(
                 f"attack.access={access!r}: optimisation attacks need the head's weights (white-box)."
             )
-        self.knowledge = AttackerKnowledge(access=access, aux_data=_choice("aux_data", aux_data, AUX_DATA))
+        self.knowledge = AttackerKnowledge(
+            access=access, aux_data=_choice("aux_data", aux_data, AUX_DATA), defense_aware=defense_aware
+        )
         self.init = _choice("init", init, INITS)
         self.init_value = _number("init_value", init_value)
         self.init_std = _number("init_std", init_std)
@@ -343,8 +358,10 @@ class OptimizationAttack(Attack):
             lr=lr or self.schedules["shallow"]["lr"],
             **settings,
         )
+        self.eot_samples = self.settings.eot_samples  # used only against a stochastic defense (see fit)
         self._resolved: str | None = None
-        self.head: nn.Module | None = None
+        self.cut_info: dict[str, Any] = {}
+        self.client: nn.Module | None = None  # what observe() runs: the head, then the defense
         self.calls = 0  # optimisation batches run (tests count re-attacks)
         self.images_attacked = 0
 
@@ -382,18 +399,18 @@ class OptimizationAttack(Attack):
         return self.settings.steps
 
     # ------------------------------------------------------------------ interface
-    def fit(
-        self,
-        head: nn.Module,
-        datamodule: Any,
-        trainer: Any,
-        image_shape: tuple[int, int, int],
-        victim: nn.Module | None = None,
-    ) -> None:
-        """Store the head (white-box: the attacker knows its weights) and fix the schedule."""
-        self.head = head
-        self.image_shape = tuple(image_shape)
+    def fit(self, context: AttackContext) -> dict[str, Any]:
+        """Keep the device side (white-box: the attacker knows the head's weights, and the defense when
+        ``defense_aware``) and fix the schedule from the cut's depth."""
+        the_split = context.require_split(self.name)
+        self.client = the_split.client
+        # EOT only where there is randomness to average: a stochastic defense the attacker models (a naive
+        # attacker's split has no defense)
+        self.settings.eot_samples = self.eot_samples if the_split.defense.stochastic else 1
+        self.image_shape = tuple(context.image_shape)
+        self.cut_info = dict(context.cut)
         self.resolve_schedule()
+        return {}
 
     def _initial(
         self, features: Tensor, index: Tensor, shape: tuple[int, ...], device: torch.device
@@ -407,13 +424,13 @@ class OptimizationAttack(Attack):
             x0 = (x0 + self.init_std * noise.to(device)).clamp(0, 1)
         return x0
 
-    def invert(self, features: Tensor, index: Tensor | Sequence[int] | None = None) -> Tensor:
-        """Optimise one start image per feature map; ``index`` (evaluation indices) seeds each image."""
-        if self.head is None:
-            raise SplitinvError(f"the {self.name} attack has no head: call fit(head, ...) before invert().")
+    def invert(self, features: Tensor, index: Tensor | Sequence[int] | None = None) -> Reconstruction:
+        """Optimise one start image per observation; ``index`` (evaluation indices) seeds each image."""
+        if self.client is None:
+            raise SplitinvError(f"the {self.name} attack has no split: call fit(context) before invert().")
         if self._resolved is None:
             self.resolve_schedule()
-        head = self.head
+        head = self.client
         device = next(iter(head.parameters()), torch.empty(0)).device
         features = features.to(device)
         b = features.shape[0]
@@ -432,17 +449,15 @@ class OptimizationAttack(Attack):
             )
         finally:
             head.train(was_training)
-        self.last_losses = losses.cpu()
         self.calls += 1
         self.images_attacked += b
-        return x_hat
+        return Reconstruction(x_hat, losses.cpu())
 
     def _image_shape(self) -> tuple[int, int, int]:
         shape = getattr(self, "image_shape", None)
         if shape is None:
             raise SplitinvError(
-                f"the {self.name} attack does not know the image shape: call fit(head, datamodule, trainer, "
-                "image_shape) first."
+                f"the {self.name} attack does not know the image shape: call fit(context) first."
             )
         return tuple(shape)  # type: ignore[return-value]
 

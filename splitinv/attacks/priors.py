@@ -47,7 +47,8 @@ def total_variation(x: Tensor, beta: float = 1.0, eps: float = 1e-8) -> Tensor:
     if beta == 2.0:
         tv = sq
     else:
-        tv = (sq + eps).pow(beta / 2) - eps ** (beta / 2)  # exactly 0 on a flat image
+        floor = torch.tensor(eps, dtype=sq.dtype, device=sq.device).pow(beta / 2)  # same rounding as below
+        tv = (sq + eps).pow(beta / 2) - floor  # exactly 0 on a flat image
     return tv.flatten(1).sum(1)
 
 

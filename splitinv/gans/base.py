@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from splitinv.errors import SplitinvError
 
-State = dict[str, Tensor]
+State = dict[str, Tensor]  # the same alias as splitinv.optim.State
 LATENT = "latent"  # the cut point before the first stage: the state is the latent itself
 
 

@@ -28,10 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from splitinv.attacks.gan_prior import fit_image, optimize_state
-from splitinv.attacks.optimize import image_generator
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator, State
+from splitinv.optim import fit_image, image_generator, optimize_state
 
 METHODS = ("encoder", "optimize", "hybrid")
 

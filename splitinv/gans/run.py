@@ -10,22 +10,20 @@ so ``splitinv table`` and ``splitinv plot`` read GAN-layer sweeps like any other
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning.pytorch as L
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from splitinv import metrics, results
+from splitinv.config import config_hash, instantiate
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator
 from splitinv.gans.invert import METHODS, invert_batches, perceptual_loss, state_error, train_encoder
+from splitinv.task import hydra_command
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +38,6 @@ def _images(cfg: DictConfig, generator: Generator) -> tuple[torch.Tensor, dict[s
             return generator.tail(state, cfg.layer), state, f"{generator.name}-samples"
     if cfg.images != "real":
         raise SplitinvError(f"images={cfg.images!r}: use images=real (the data's) or images=generated.")
-    from splitinv.run import instantiate
-
     datamodule = instantiate(cfg.data)
     datamodule.setup("predict")
     batches = [b[0] for b in datamodule.predict_dataloader()]
@@ -56,8 +52,6 @@ def _cut_info(generator: Generator, layer: str) -> dict[str, Any]:
 
 def gan_invert(cfg: DictConfig) -> dict[str, Any]:
     """Invert ``cfg.generator`` at ``cfg.layer`` with ``cfg.method``; write and return the record."""
-    from splitinv.run import _versions, config_hash, instantiate
-
     start = time.perf_counter()
     out_dir = Path(cfg.paths.output_dir)
     key = config_hash(cfg)
@@ -90,29 +84,26 @@ def gan_invert(cfg: DictConfig) -> dict[str, Any]:
     )
     x = images.cpu()
     if x.shape[1:] != x_hat.shape[1:]:  # score at the generator's size and channels
-        from splitinv.attacks.gan_prior import fit_image
+        from splitinv.optim import fit_image
 
         x = fit_image(x, x_hat.shape[1:])
     per_image = {k: v.tolist() for k, v in metrics.score(x, x_hat, lpips=cfg.lpips).items() if v is not None}
     if true_state is not None:
         per_image.update({k: v.tolist() for k, v in state_error(state, true_state).items()})
     per_image["index"] = list(range(len(x)))
-    record = {
-        "format": results.RESULTS_FORMAT,
-        "status": "ok",
-        **results.summary(per_image),
-        "victim": generator.name,
-        "weights": generator.weights,
-        "cut": cfg.layer,
-        "cut_spec": cfg.layer,
-        "attack": f"gan_inversion/{cfg.method}",
-        "data": data_name,
-        "seed": int(cfg.seed),
-        "access": "white-box",
-        "aux_data": "none",
-        "n_eval": len(x),
-        "config_hash": key,
-        "details": {
+    record = results.build_record(
+        per_image=per_image,
+        victim=generator.name,
+        weights=generator.weights,
+        cut=cfg.layer,
+        cut_spec=cfg.layer,
+        attack=f"gan_inversion/{cfg.method}",
+        data=data_name,
+        seed=int(cfg.seed),
+        knowledge={"access": "white-box", "aux_data": "none", "defense_aware": None},
+        n_eval=len(x),
+        config_hash=key,
+        details={
             "generator": generator.describe(),
             "layer": {p.name: list(next(iter(p.state.values()))) for p in generator.describe_cut_points()}[
                 cfg.layer
@@ -122,13 +113,11 @@ def gan_invert(cfg: DictConfig) -> dict[str, Any]:
             "encoder": OmegaConf.to_container(cfg.encoder) if encoder is not None else None,
             "optimize": OmegaConf.to_container(cfg.optimize) if cfg.method != "encoder" else None,
         },
-        "cost": {"wall_time_s": time.perf_counter() - start, "device": str(trainer.strategy.root_device)},
-        "contract": metrics.CONTRACT,
-        "warnings": (["generator has RANDOM weights"] if generator.weights == "random" else [])
+        cost={"wall_time_s": time.perf_counter() - start, "device": str(trainer.strategy.root_device)},
+        warnings=(["generator has RANDOM weights"] if generator.weights == "random" else [])
         + ([] if per_image.get("lpips") else ["LPIPS unavailable (backbone weights not cached): null"])
         + (["perceptual term dropped (LPIPS-vgg weights not cached): pixel L1 only"] if dropped else []),
-        "versions": _versions(),
-    }
+    )
     if trainer.is_global_zero:
         results.write_run(
             out_dir,
@@ -141,27 +130,13 @@ def gan_invert(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-@hydra.main(version_base="1.3", config_path="pkg://splitinv.conf", config_name="gan_invert")
-def _hydra_main(cfg: DictConfig) -> None:
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    try:
-        record = gan_invert(cfg)
-    except Exception as err:  # recorded as failed.json; a sweep goes on, a single run fails loudly
-        results.write_failure(Path(cfg.paths.output_dir), err)
-        if multirun:
-            log.error("job failed (%s: %s); the sweep goes on", type(err).__name__, err)
-            return
-        if isinstance(err, SplitinvError):
-            print(f"splitinv-gan-invert: error: {err}", file=sys.stderr)
-            sys.exit(2)
-        raise
+def _summary(record: dict[str, Any], cfg: DictConfig) -> str:
     ssim, psnr = (record.get(m) or {"mean": float("nan")} for m in ("ssim", "psnr"))
-    print(
+    return (
         f"{record['victim']} @ {record['cut']} ({record['attack']}): SSIM {ssim['mean']:.3f}, "
         f"PSNR {psnr['mean']:.2f} dB -> {cfg.paths.output_dir}"
     )
 
 
-def main() -> None:
-    """Console entry point."""
-    _hydra_main()
+main = hydra_command("splitinv-gan-invert", "gan_invert", gan_invert, _summary)
+main.__doc__ = "Console entry point (`splitinv-gan-invert`)."

@@ -8,19 +8,19 @@ builds a GAN that leaks its training set.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from splitinv.config import instantiate
 from splitinv.errors import SplitinvError
 from splitinv.gans.dcgan import GAN_FORMAT, DCGANDiscriminator, DCGANGenerator
 from splitinv.io import save_atomic
+from splitinv.task import hydra_command
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "gan.pt"
@@ -95,8 +95,6 @@ def save_gan(
 
 def train_gan(cfg: DictConfig) -> dict[str, Any]:
     """Train a DCGAN on ``cfg.data``'s auxiliary (training) split and save it; returns where and on what."""
-    from splitinv.run import instantiate
-
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -109,33 +107,19 @@ def train_gan(cfg: DictConfig) -> dict[str, Any]:
     module = GANModule(generator, discriminator, lr=cfg.gan.lr, betas=tuple(cfg.gan.betas))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger)
-    try:
-        trainer.fit(module, train_dataloaders=datamodule.train_dataloader())
-    finally:
-        if logger and type(logger).__name__ == "WandbLogger":
-            import wandb
-
-            wandb.finish()
+    trainer.fit(module, train_dataloaders=datamodule.train_dataloader())
     out = Path(cfg.checkpoint or Path(cfg.paths.output_dir) / CHECKPOINT_NAME)
     data = datamodule.describe()
     if trainer.is_global_zero:
         save_gan(
             generator.cpu().eval(), discriminator.cpu().eval(), out, data=data, steps=trainer.global_step
         )
-    log.info("DCGAN on %s (%d steps) -> %s", datamodule.name, trainer.global_step, out)
     return {"checkpoint": str(out), "steps": int(trainer.global_step), "data": data}
 
 
-@hydra.main(version_base="1.3", config_path="pkg://splitinv.conf", config_name="train_gan")
-def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        result = train_gan(cfg)
-    except SplitinvError as err:
-        print(f"splitinv-train-gan: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(OmegaConf.to_yaml(OmegaConf.create(result)).strip())
+def _summary(result: dict[str, Any], cfg: DictConfig) -> str:
+    return f"DCGAN on {result['data'].get('name')} ({result['steps']} steps) -> {result['checkpoint']}"
 
 
-def main() -> None:
-    """Console entry point."""
-    _hydra_main()
+main = hydra_command("splitinv-train-gan", "train_gan", train_gan, _summary)
+main.__doc__ = "Console entry point (`splitinv-train-gan`)."
