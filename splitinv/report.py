@@ -19,8 +19,16 @@ from splitinv.errors import SplitinvError
 from splitinv.metrics import DIRECTION
 from splitinv.results import FAILED_FILE, METRICS_FILE
 
-KEYS = ("victim", "weights", "cut", "cut_spec", "attack", "data", "seed", "access", "aux_data")
+KEYS = (
+    "victim", "weights", "cut", "cut_spec", "attack", "data", "seed", "access", "aux_data",
+    "defense", "defense_strength", "defense_setting", "defense_aware", "attacker",
+)  # fmt: skip
+# what the defended split still does (metrics.json "utility"), beside the attack metrics
+UTILITY = {"utility": "higher", "utility_agreement": "higher"}
+DIRECTIONS = {**DIRECTION, **UTILITY}
 LABELS = {
+    "utility": "accuracy",
+    "utility_agreement": "agreement",
     "lpips": "LPIPS",
     "ssim": "SSIM",
     "psnr": "PSNR",
@@ -29,6 +37,21 @@ LABELS = {
     "recognisable": "SSIM≥0.3",
     "accuracy_hat": "acc.",
 }
+
+
+def _defense_keys(rec: dict[str, Any]) -> dict[str, Any]:
+    """defense (name, ``none`` for rows written before defenses existed), its strength, a label of both
+    (``gaussian@0.5``) and the attacker (``adaptive`` / ``naive``; ``-`` without a defense)."""
+    name = rec.get("defense") or "none"
+    strength = rec.get("defense_strength")
+    aware = rec.get("defense_aware")
+    return {
+        "defense": name,
+        "defense_strength": strength,
+        "defense_setting": name if strength is None else f"{name}@{strength}",
+        "defense_aware": aware,
+        "attacker": "-" if name == "none" else ("naive" if aware is False else "adaptive"),
+    }
 
 
 def _job_row_from_config(job: Path) -> dict[str, Any]:
@@ -63,6 +86,7 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
             continue
         seen.add(path.parent)
         row = {k: rec.get(k) for k in KEYS}
+        row.update(_defense_keys(rec))
         cut_info = (rec.get("details") or {}).get("cut") or {}
         row.update(status=rec.get("status", "ok"), job=str(path.parent.relative_to(root)), error=None)
         row.update(cut_index=cut_info.get("index"), cut_depth=cut_info.get("relative_depth"))
@@ -70,6 +94,9 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
             value = rec.get(name)
             row[name] = value["mean"] if isinstance(value, dict) else math.nan
             row[f"{name}_std"] = value["std"] if isinstance(value, dict) else math.nan
+        utility = rec.get("utility") or {}
+        row["utility"] = math.nan if utility.get("accuracy") is None else utility["accuracy"]
+        row["utility_agreement"] = math.nan if utility.get("agreement") is None else utility["agreement"]
         rows.append(row)
     for hydra_dir in sorted(root.rglob(".hydra")):
         job = hydra_dir.parent
@@ -101,15 +128,24 @@ def _digits(metric: str) -> int:
 
 
 def aggregate(frame: pd.DataFrame, rows: str, cols: str | None, metrics: Sequence[str]) -> pd.DataFrame:
-    """Mean and std over seeds (and any other unlisted key) per (rows, cols) cell, with run counts."""
-    for key in [rows, cols] if cols else [rows]:
-        if key not in frame.columns:
-            raise SplitinvError(f"unknown table key {key!r}: use one of {', '.join(KEYS)}.")
-    unknown = [m for m in metrics if m not in DIRECTION]
-    if unknown:
-        raise SplitinvError(f"unknown metric {unknown[0]!r}: use some of {', '.join(DIRECTION)}.")
-    keys = [rows, cols] if cols else [rows]
+    """Mean and std over seeds (and any other unlisted key) per (rows, cols) cell, with run counts.
+
+    A key may join several with ``+`` (``cut+attacker``: one column per cut point and attacker).
+    """
     frame = frame.copy()
+    for key in [rows, cols] if cols else [rows]:
+        parts = key.split("+")
+        missing = [p for p in parts if p not in frame.columns]
+        if missing:
+            raise SplitinvError(
+                f"unknown table key {missing[0]!r}: use one of {', '.join(KEYS)} (join several with +)."
+            )
+        if len(parts) > 1:
+            frame[key] = frame[parts].astype(str).agg("/".join, axis=1)
+    unknown = [m for m in metrics if m not in DIRECTIONS]
+    if unknown:
+        raise SplitinvError(f"unknown metric {unknown[0]!r}: use some of {', '.join(DIRECTIONS)}.")
+    keys = [rows, cols] if cols else [rows]
     frame[keys] = frame[keys].astype(str)
     ok = frame[frame["status"] == "ok"]
     out = ok.groupby(keys, sort=False)[list(metrics)].agg(["mean", "std", "count"])
@@ -165,12 +201,12 @@ def table(
         for m in metrics:
             values = [v for r in row_keys if (v := cell(r, c, m)[1]) is not None and not math.isnan(v)]
             if values:
-                best[(c, m)] = min(values) if DIRECTION[m] == "lower" else max(values)
+                best[(c, m)] = min(values) if DIRECTIONS[m] == "lower" else max(values)
     arrow = {"lower": ("↓", r"$\downarrow$"), "higher": ("↑", r"$\uparrow$")}
     header = []
     for c in col_keys:
         for m in metrics:
-            a = arrow[DIRECTION[m]][0 if fmt == "md" else 1]
+            a = arrow[DIRECTIONS[m]][0 if fmt == "md" else 1]
             label = f"{LABELS.get(m, m)} {a}"
             header.append(f"{c} {label}" if c is not None and len(col_keys) > 1 else label)
     esc = str.maketrans({"_": r"\_", "%": r"\%", "&": r"\&", "±": r"$\pm$", "≥": r"$\geq$"})
@@ -198,7 +234,7 @@ def table(
         out.append(" & " + " & ".join(groups) + r" \\")
         starts = [2 + i * len(metrics) for i in range(len(col_keys))]
         out.append(" ".join(rf"\cmidrule(lr){{{s}-{s + len(metrics) - 1}}}" for s in starts))
-        header = [f"{LABELS.get(m, m)} {arrow[DIRECTION[m]][1]}" for _ in col_keys for m in metrics]
+        header = [f"{LABELS.get(m, m)} {arrow[DIRECTIONS[m]][1]}" for _ in col_keys for m in metrics]
     out.append(" & ".join([rows.translate(esc), *[h.translate(esc) for h in header]]) + r" \\")
     out.append(r"\midrule")
     for line in body:
@@ -303,6 +339,60 @@ def plot_reconstructions(
             f"no {IMAGES_FILE} in the finished jobs below {sweep_dir}: rerun them with this version."
         )
     return written
+
+
+def plot_privacy_utility(frame: pd.DataFrame, out_dir: str | Path, metric: str = "ssim") -> list[Path]:
+    """Privacy-utility curves: the defended split's accuracy (x) against an attack metric (y), one panel per
+    cut point, one curve per defense and attacker over the defense's strength (mean over seeds), adaptive
+    attackers solid, naive ones dashed, the undefended split a black star. Writes
+    privacy_utility_<metric>.png and .pdf into ``out_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if metric not in DIRECTION:
+        raise SplitinvError(f"unknown metric {metric!r}: use one of {', '.join(DIRECTION)}.")
+    ok = frame[(frame["status"] == "ok") & frame["utility"].notna() & frame[metric].notna()]
+    if ok.empty:
+        raise SplitinvError(
+            f"nothing to plot: no finished run reports both utility (labelled data) and {metric}."
+        )
+    if not (ok["defense"] != "none").any():
+        raise SplitinvError(
+            "no defended runs in this sweep: sweep defense=... to draw privacy-utility curves."
+        )
+    cuts = sorted(ok["cut"].astype(str).unique(), key=lambda c: ok[ok["cut"] == c]["cut_depth"].mean())
+    fig, axes = plt.subplots(1, len(cuts), figsize=(4.0 * len(cuts), 3.4), squeeze=False)
+    colours = {d: f"C{i}" for i, d in enumerate(sorted(set(ok["defense"]) - {"none"}))}
+    for ax, cut in zip(axes[0], cuts, strict=True):
+        here = ok[ok["cut"].astype(str) == cut]
+        for (defense, attacker), group in here[here["defense"] != "none"].groupby(["defense", "attacker"]):
+            stats = group.groupby("defense_strength", dropna=False)[["utility", metric]].mean().reset_index()
+            stats = stats.sort_values("defense_strength", key=lambda s: pd.to_numeric(s, errors="coerce"))
+            ax.plot(
+                stats["utility"],
+                stats[metric],
+                marker="o",
+                ms=3,
+                color=colours[defense],
+                linestyle="--" if attacker == "naive" else "-",
+                label=f"{defense} ({attacker})",
+            )
+        clean = here[here["defense"] == "none"]
+        if not clean.empty:
+            ax.plot(clean["utility"].mean(), clean[metric].mean(), "k*", ms=9, label="no defense")
+        ax.set_title(f"cut {cut}", fontsize=9)
+        ax.set_xlabel("accuracy of the defended split ↑")
+        safer = "lower" if DIRECTION[metric] == "higher" else "higher"  # a worse reconstruction leaks less
+        ax.set_ylabel(f"attack {LABELS.get(metric, metric)} ({safer} leaks less)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, frameon=False)
+    victims = ", ".join(sorted(ok["victim"].astype(str).unique()))
+    attacks = ", ".join(sorted(ok["attack"].astype(str).unique()))
+    fig.suptitle(f"privacy-utility: {victims}; attacks: {attacks}", fontsize=9)
+    fig.tight_layout()
+    return _save_figure(fig, Path(out_dir) / f"privacy_utility_{metric}")
 
 
 def _save_figure(fig: Any, stem: Path) -> list[Path]:
