@@ -79,21 +79,24 @@ def _table(args: argparse.Namespace) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from splitinv.report import collect, plot_depth, plot_reconstructions
+    from splitinv.report import collect, plot_depth, plot_privacy_utility, plot_reconstructions
 
     frame = collect(args.sweep_dir)
     out = Path(args.output or Path(args.sweep_dir) / "figures")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    paths = plot_depth(frame, out, metrics) + plot_reconstructions(frame, args.sweep_dir, out, n=args.images)
+    if args.privacy_utility:
+        paths = [p for m in metrics for p in plot_privacy_utility(frame, out, m)]
+    else:
+        paths = plot_depth(frame, out, metrics)
+        paths += plot_reconstructions(frame, args.sweep_dir, out, n=args.images)
     print("\n".join(f"wrote {p}" for p in paths))
 
 
 def _audit(args: argparse.Namespace) -> None:
     import torch
 
+    from splitinv.audit import FolderImages, audit, build_embedder, check_fpr, wandb_run
     from splitinv.gans import build_generator
-    from splitinv.gans.audit import FolderImages, audit, check_fpr, wandb_run
-    from splitinv.gans.embed import build_embedder
 
     check_fpr(args.fpr)
     if (args.generator is None) == (args.samples is None):
@@ -140,6 +143,91 @@ def _audit(args: argparse.Namespace) -> None:
         print(f"logged to W&B run {run.name or run.id}{hint}")
 
 
+def _advise(args: argparse.Namespace) -> None:
+    from splitinv import advise as adv
+
+    sweep, victim = args.sweep, args.victim
+    if args.target is not None:
+        if Path(args.target).is_dir():
+            if sweep is not None and Path(sweep).resolve() != Path(args.target).resolve():
+                raise SplitinvError(f"two sweep folders given ({args.target} and --sweep {sweep}): pass one.")
+            sweep = args.target
+        elif Path(args.target).exists() or (
+            "/" in args.target and not args.target.startswith(("timm/", "torchvision/", "tv/"))
+        ):
+            raise SplitinvError(f"{args.target} is not a folder: pass a sweep folder or a victim name.")
+        elif victim is not None and victim != args.target:
+            raise SplitinvError(f"{args.target!r} is not a folder, and --victim {victim} names the victim.")
+        else:
+            victim = args.target
+    constraints = adv.check_constraints({name: getattr(args, name) for name in adv.CONSTRAINTS})
+    rates = {"device_gflops": args.device_gflops, "uplink_mbps": args.uplink_mbps}
+    rates["server_gflops"] = args.server_gflops
+    profile = None
+    if args.profile:
+        profile = adv.load_profile(args.profile, args.profiles, **rates)
+    elif any(v is not None for v in rates.values()):
+        profile = adv.DeviceProfile("custom", **rates)
+    if args.latency_runs < 1 or args.warmup < 0:
+        raise SplitinvError("--latency-runs must be at least 1 and --warmup at least 0.")
+    if "max_e2e_ms" in constraints and profile is None:
+        raise SplitinvError("--max-e2e-ms needs a device profile: --profile NAME, or --uplink-mbps ...")
+    default_out = Path(sweep) / "advise" if sweep and not args.run else Path("outputs/advise")
+    output = Path(args.output) if args.output else default_out
+    if args.run:
+        if sweep is not None:
+            raise SplitinvError(f"--run writes its own sweep (into {output}/sweep): drop {sweep} or --run.")
+        sweep = output / "sweep"
+        attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else None
+        command = adv.sweep_command(
+            sweep,
+            victim=victim,
+            image_size=args.image_size,
+            weights=args.weights,
+            cuts=args.cuts,
+            attacks=attacks,
+            experiment=args.experiment,
+            launcher=args.launcher,
+            overrides=args.set or [],
+        )
+        print(f"running the sweep (log: {output / 'sweep.log'}): {' '.join(command)}", flush=True)
+        adv.run_sweep(command, output / "sweep.log")
+    elif args.attacks or args.experiment or args.set or args.launcher:
+        raise SplitinvError("--attacks, --experiment, --set and --launcher shape --run's sweep: add --run.")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = adv.advise(
+            sweep,
+            victim,
+            image_size=args.image_size,
+            cuts=args.cuts,
+            profile=profile,
+            wire=args.wire,
+            latency_runs=args.latency_runs,
+            warmup=args.warmup,
+            method=args.method,
+            attacked_only=args.attacked_only,
+        )
+    ours = [w for w in caught if "splitinv" in Path(w.filename).parts]  # not the libraries' deprecations
+    for message in dict.fromkeys(str(w.message).splitlines()[0] for w in ours):
+        print(f"splitinv: warning: {message}", file=sys.stderr)
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt, suffix in (("md", "md"), ("latex", "tex"), ("csv", "csv")):
+        path = output / f"advise.{suffix}"
+        path.write_text(adv.render(table, fmt))
+        written.append(path)
+    print(adv.render(table, args.format), end="")
+    if table["attacked"].any():
+        written += adv.plot(table, output)
+    else:
+        print("no leakage rows (no sweep, or none at these cut points): costs only, no figure.")
+    if constraints:
+        print()
+        print(adv.constrain(table, constraints).summary())
+    print("\n".join(f"wrote {path}" for path in written))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splitinv", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--images", type=int, default=8, help="evaluation images per row of the reconstruction grid"
     )
     p.add_argument("--output", "-o", default=None, help="folder for the figures (default: SWEEP_DIR/figures)")
+    p.add_argument(
+        "--privacy-utility",
+        action="store_true",
+        help="privacy-utility curves instead: the defended split's accuracy against each --metrics value, "
+        "one panel per cut point, one curve per defense, naive and adaptive attackers apart",
+    )
     p.set_defaults(func=_plot)
 
     p = sub.add_parser(
@@ -228,6 +322,69 @@ example: splitinv audit --generator dcgan --weights gan.pt -n 1000 --train train
     p.add_argument("--output", "-o", default="outputs/audit", help="results folder (default outputs/audit)")
     p.add_argument("--wandb", action="store_true", help="log the figure and summary to an offline W&B run")
     p.set_defaults(func=_audit)
+
+    p = sub.add_parser(
+        "advise",
+        help="where to split: device cost, bytes, leakage, utility per cut point; the Pareto-optimal cuts",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+One row per cut point of a victim (and per defense a sweep ran there): the device side's FLOPs, parameters,
+peak activation memory and measured latency (batch 1, this machine); the bytes crossing the cut at fp32,
+fp16 and int8 and what the defense sends; with a device profile, the estimated end-to-end latency; from a
+sweep, the strongest attack's SSIM / LPIPS (and how many attacks were tried there) and the utility. Cuts
+that no other cut beats in all of (device FLOPs, bytes sent, SSIM, utility) are marked Pareto-optimal.
+Writes advise.md, advise.tex, advise.csv and advise_pareto.png / .pdf into --output.
+
+examples:
+  splitinv advise multirun/sweep --max-ssim 0.3 --max-device-mflops 50 --profile phone
+  splitinv advise resnet18 --image-size 32 --run --attacks decoder,rmle --set data=fashion_mnist_mini \\
+      --set logger=csv --output outputs/advise
+  splitinv advise --run --experiment split_advisor_cpu --output outputs/advise""",
+    )
+    p.add_argument("target", nargs="?", default=None, help="a sweep folder (splitinv-run -m), or a victim")
+    p.add_argument("--sweep", default=None, help="the sweep folder (leakage and utility rows)")
+    p.add_argument("--victim", default=None, help="victim name (default: the sweep's)")
+    p.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the sweep's)")
+    p.add_argument("--weights", default=None, help="with --run: the victim's weights (costs ignore them)")
+    p.add_argument(
+        "--cuts",
+        default=None,
+        help="cut points listed: all (default), stages, every:K or a,b,c; with --run also the ones attacked "
+        "(default there: stages, or the experiment's)",
+    )
+    p.add_argument("--attacked-only", action="store_true", help="list only cut points with a leakage run")
+    p.add_argument("--method", default="auto", choices=("auto", "fx", "hooks"), help="how to cut the model")
+    p.add_argument("--run", action="store_true", help="first run the sweep (splitinv-run -m) in OUTPUT/sweep")
+    p.add_argument("--attacks", default=None, help="with --run: comma-separated attacks, e.g. decoder,rmle")
+    p.add_argument("--experiment", default=None, help="with --run: an experiment, e.g. split_advisor_cpu")
+    p.add_argument("--launcher", default=None, help="with --run: a Hydra launcher (parallel, slurm, ...)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="with --run: an override (repeatable)")
+    rates = (
+        ("--device-gflops", "device speed, GFLOP/s sustained (default: the latency measured here)"),
+        ("--uplink-mbps", "uplink, Mbit/s"),
+        ("--server-gflops", "server speed, GFLOP/s (default: server time omitted)"),
+    )
+    for flag, text in rates:
+        p.add_argument(flag, type=float, default=None, help=text)
+    p.add_argument("--profile", default=None, help="a named device profile: phone, phone-wifi, iot, edge-gpu")
+    p.add_argument("--profiles", default=None, help="a YAML file of profiles (default: splitinv's, rough)")
+    budgets = (
+        ("--max-ssim", "leakage: the strongest attack's SSIM at most this"),
+        ("--min-lpips", "leakage: the strongest attack's LPIPS at least this"),
+        ("--max-device-mflops", "device MFLOPs per image"),
+        ("--max-payload-kb", "KiB (1024 bytes) sent per image"),
+        ("--min-utility", "accuracy (or agreement) of the split, in [0, 1]"),
+        ("--max-latency-ms", "device latency measured here, ms"),
+        ("--max-e2e-ms", "estimated end-to-end latency, ms (needs a profile)"),
+    )
+    for flag, text in budgets:
+        p.add_argument(flag, dest=flag[2:].replace("-", "_"), type=float, default=None, help=text)
+    p.add_argument("--wire", default="fp32", choices=("fp32", "fp16", "int8"), help="precision sent")
+    p.add_argument("--latency-runs", type=int, default=20, help="timed runs per cut point (median; 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing (default 3)")
+    p.add_argument("--format", default="md", choices=("md", "latex", "csv"), help="what to print")
+    p.add_argument("--output", "-o", default=None, help="folder for tables and figure (default SWEEP/advise)")
+    p.set_defaults(func=_advise)
     return parser
 
 
