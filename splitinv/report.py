@@ -24,11 +24,12 @@ KEYS = (
     "defense", "defense_strength", "defense_setting", "defense_aware", "attacker",
 )  # fmt: skip
 # what the defended split still does (metrics.json "utility"), beside the attack metrics
-UTILITY = {"utility": "higher", "utility_agreement": "higher"}
+UTILITY = {"utility": "higher", "utility_agreement": "higher", "utility_test": "higher"}
 DIRECTIONS = {**DIRECTION, **UTILITY}
 LABELS = {
     "utility": "accuracy",
     "utility_agreement": "agreement",
+    "utility_test": "test acc.",
     "lpips": "LPIPS",
     "ssim": "SSIM",
     "psnr": "PSNR",
@@ -97,6 +98,8 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
         utility = rec.get("utility") or {}
         row["utility"] = math.nan if utility.get("accuracy") is None else utility["accuracy"]
         row["utility_agreement"] = math.nan if utility.get("agreement") is None else utility["agreement"]
+        test = rec.get("utility_test") or {}
+        row["utility_test"] = math.nan if test.get("accuracy") is None else test["accuracy"]
         rows.append(row)
     for hydra_dir in sorted(root.rglob(".hydra")):
         job = hydra_dir.parent
@@ -353,7 +356,9 @@ def plot_privacy_utility(frame: pd.DataFrame, out_dir: str | Path, metric: str =
 
     if metric not in DIRECTION:
         raise SplitinvError(f"unknown metric {metric!r}: use one of {', '.join(DIRECTION)}.")
-    ok = frame[(frame["status"] == "ok") & frame["utility"].notna() & frame[metric].notna()]
+    # utility on the whole test split where every run measured it, else on the evaluation images
+    x_key = "utility_test" if "utility_test" in frame and frame["utility_test"].notna().any() else "utility"
+    ok = frame[(frame["status"] == "ok") & frame[x_key].notna() & frame[metric].notna()]
     if ok.empty:
         raise SplitinvError(
             f"nothing to plot: no finished run reports both utility (labelled data) and {metric}."
@@ -368,10 +373,10 @@ def plot_privacy_utility(frame: pd.DataFrame, out_dir: str | Path, metric: str =
     for ax, cut in zip(axes[0], cuts, strict=True):
         here = ok[ok["cut"].astype(str) == cut]
         for (defense, attacker), group in here[here["defense"] != "none"].groupby(["defense", "attacker"]):
-            stats = group.groupby("defense_strength", dropna=False)[["utility", metric]].mean().reset_index()
+            stats = group.groupby("defense_strength", dropna=False)[[x_key, metric]].mean().reset_index()
             stats = stats.sort_values("defense_strength", key=lambda s: pd.to_numeric(s, errors="coerce"))
             ax.plot(
-                stats["utility"],
+                stats[x_key],
                 stats[metric],
                 marker="o",
                 ms=3,
@@ -381,9 +386,10 @@ def plot_privacy_utility(frame: pd.DataFrame, out_dir: str | Path, metric: str =
             )
         clean = here[here["defense"] == "none"]
         if not clean.empty:
-            ax.plot(clean["utility"].mean(), clean[metric].mean(), "k*", ms=9, label="no defense")
+            ax.plot(clean[x_key].mean(), clean[metric].mean(), "k*", ms=9, label="no defense")
         ax.set_title(f"cut {cut}", fontsize=9)
-        ax.set_xlabel("accuracy of the defended split ↑")
+        where = "test split" if x_key == "utility_test" else "evaluation images"
+        ax.set_xlabel(f"accuracy of the defended split ({where}) ↑")
         safer = "lower" if DIRECTION[metric] == "higher" else "higher"  # a worse reconstruction leaks less
         ax.set_ylabel(f"attack {LABELS.get(metric, metric)} ({safer} leaks less)")
         ax.grid(alpha=0.3)

@@ -148,13 +148,15 @@ def build_record(
     defense: str = "none",
     defense_strength: Any = None,
     utility: dict[str, Any] | None = None,
+    utility_test: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The flat row every command writes to ``metrics.json``: the contract's numbers and the keys that
     identify the run first (what a table builder reads), then details, cost, contract, warnings, versions.
 
     ``knowledge``: the attacker's (access, aux_data, defense_aware). ``defense``, ``defense_strength``: the
     defense's name and the value of its swept knob. ``utility``: what the defended split still does on the
-    evaluation images (accuracy, agreement with the undefended network, n), or None.
+    evaluation images (accuracy, agreement with the undefended network, n), or None; ``utility_test`` the
+    same on the data's whole test split, where it has one.
     """
     from splitinv.config import versions
 
@@ -175,6 +177,7 @@ def build_record(
         "defense_strength": defense_strength,
         "defense_aware": knowledge.get("defense_aware"),
         "utility": utility,
+        "utility_test": utility_test,
         "n_eval": int(n_eval),
         "config_hash": config_hash,
         "details": details,

@@ -98,9 +98,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             reconstructions_dir=out_dir / "reconstructions" if attack.per_image else None,
         )
         utility = the_split.utility(datamodule.predict_dataloader(), device=device)
+        utility_test = _utility_on_held_out(cfg, the_split, datamodule, device)
         record = _record(
-            cfg, key, the_split, victim, datamodule, attack, ev, train_stats, utility, device, cut_info, start
-        )
+            cfg, key, the_split, victim, datamodule, attack, ev, train_stats, (utility, utility_test), device,
+            cut_info, start,
+        )  # fmt: skip
         image = results.grid(ev.originals, ev.reconstructions)
         extra = dict(attack.artifacts())
         extra[results.IMAGES_FILE] = lambda path: results.save_images(path, ev.originals, ev.reconstructions)
@@ -112,6 +114,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         results.finish_logger(logger)  # each job (and each call from Python) gets its own W&B run
     return record
+
+
+def _utility_on_held_out(cfg: DictConfig, the_split: Split, datamodule: Any, device: torch.device) -> Any:
+    """The defended split's utility on the data's whole test split (``utility_test: true`` and the data has
+    one), else None."""
+    held_out = datamodule.held_out_dataset() if cfg.get("utility_test", True) else None
+    if held_out is None:
+        return None
+    from torch.utils.data import DataLoader
+
+    return the_split.utility(DataLoader(held_out, batch_size=max(64, datamodule.batch_size)), device=device)
 
 
 def _fit_data(
@@ -172,7 +185,7 @@ def _record(
     attack: Attack,
     ev: Evaluation,
     train: dict[str, Any],
-    utility: dict[str, Any],
+    utilities: tuple[dict[str, Any], dict[str, Any] | None],
     device: torch.device,
     cut_info: dict[str, Any],
     start: float,
@@ -195,7 +208,8 @@ def _record(
         knowledge=attack.knowledge.as_dict(),
         defense=the_split.defense.name,
         defense_strength=the_split.defense.strength,
-        utility=utility,
+        utility=utilities[0],
+        utility_test=utilities[1],
         n_eval=ev.images,
         config_hash=key,
         details={

@@ -46,6 +46,7 @@ BASE = [
     "trainer.enable_progress_bar=false",
     "trainer.max_epochs=2",
     "logger=csv",
+    "utility_test=false",
     "attack.progress=false",
 ]
 

@@ -193,6 +193,7 @@ TINY = [
     "data.n_eval=4",
     "data.batch_size=16",
     "logger=csv",
+    "utility_test=false",
     "trainer.max_epochs=1",
     "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false",

@@ -25,6 +25,7 @@ TINY = [
     "victim=resnet18", "victim.image_size=32", "data=fashion_mnist_mini", "data.n_aux=32",
     "data.n_eval=4", "data.batch_size=8", "trainer.max_epochs=1", "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false", "logger=csv", "cut=layer1", "lpips=off", "attack=decoder",
+    "utility_test=false",
 ]  # fmt: skip
 NUMBERS = ("ssim", "psnr", "feature_error", "label_agreement")
 

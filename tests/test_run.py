@@ -31,6 +31,7 @@ TINY = [
     "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false",
     "cut=layer2",
+    "utility_test=false",  # the whole test split is measured where a test asks for it
 ]
 
 
@@ -174,6 +175,12 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["victim=vit_b_16", "victim.image_size=224", "data.image_size=64"], "cannot take 64x64"),
         (["data=nosuchdata"], "unknown data 'nosuchdata'.*photos"),
         (["attack=nosuchattack"], "unknown attack 'nosuchattack'.*decoder"),
+        (["defense=gausian"], "unknown defense 'gausian' \\(did you mean gaussian\\?\\)"),
+        (["defense=gaussian", "defense.scale=-1"], "scale.*-1"),
+        (["defense=dropout", "defense.p=1.5"], "p.*1.5"),
+        (["defense=quantize", "defense.bits=0"], "bits.*0"),
+        (["defense=topk", "defense.k=100000"], "k=100000.*"),
+        (["defense=nopeek"], "trained with the network.*splitinv-train-defense"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, overrides: list[str], message: str) -> None:

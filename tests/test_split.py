@@ -177,7 +177,7 @@ class GuardedHead(nn.Module):
 TINY = [
     "victim=resnet18", "victim.image_size=32", "data=fashion_mnist_mini", "data.n_aux=32",
     "data.n_eval=4", "data.batch_size=8", "trainer.max_epochs=1", "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false", "logger=csv", "cut=layer1", "lpips=off",
+    "trainer.enable_progress_bar=false", "logger=csv", "cut=layer1", "lpips=off", "utility_test=false",
 ]  # fmt: skip
 
 
@@ -228,7 +228,8 @@ def test_every_consumer_reads_what_the_device_sends(
 
 
 def test_the_default_run_records_no_defense_and_utility(tmp_path: Path) -> None:
-    record = run(compose([*TINY, "attack=decoder"], output_dir=tmp_path))
+    record = run(compose([*TINY, "attack=decoder", "utility_test=true"], output_dir=tmp_path))
     assert record["defense"] == "none" and record["defense_aware"] is True
     assert record["utility"]["agreement"] == 1.0 and 0 <= record["utility"]["accuracy"] <= 1
+    assert record["utility_test"]["n"] == 1000 and record["utility_test"]["agreement"] == 1.0  # test split
     assert record["access"] == "black-box" and record["aux_data"] == "same"

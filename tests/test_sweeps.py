@@ -33,6 +33,7 @@ TINY = [
     "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false",
     "logger=csv",
+    "utility_test=false",
 ]
 
 

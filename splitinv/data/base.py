@@ -153,6 +153,7 @@ class ImageDataModule(L.LightningDataModule):
         self.augment = bool(augment)
         self._aux: Dataset | None = None
         self._eval: Dataset | None = None
+        self._held_out: Dataset | None = None  # the whole split the evaluation images come from, if any
         self.eval_ids: list[int] = []  # source id of every evaluation item, in item order
         self.aux_ids: list[int] = []  # source id of every auxiliary item (photo ids for photos)
         self._eval_keys: list[Any] = []  # JSON-able identity of every evaluation item, hashed by describe
@@ -207,6 +208,12 @@ class ImageDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset(), shuffle=False)
+
+    def held_out_dataset(self) -> Dataset | None:
+        """The whole labelled split the evaluation images are drawn from (a dataset's test split), for
+        measuring a defended split's utility beyond the ``n_eval`` images; None where there is none."""
+        self.setup()
+        return self._held_out
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.eval_dataset(), shuffle=False)
@@ -296,6 +303,7 @@ class _SplitDataModule(ImageDataModule):
         self.eval_ids, self.aux_ids = [int(i) for i in eval_ids], [int(i) for i in aux_ids]
         self._eval_keys = list(self.eval_ids)
         self._eval = _TensorImages(x_test, y_test, eval_ids, self.image_size, self.channels)
+        self._held_out = _TensorImages(x_test, y_test, np.arange(len(x_test)), self.image_size, self.channels)
         self._aux = _TensorImages(
             x_train, y_train, aux_ids, self.image_size, self.channels, flip=self.augment
         )

@@ -13,8 +13,9 @@ from splitinv.defenses.adversarial import AdversarialDecoder
 from splitinv.defenses.base import Defense, NoDefense
 from splitinv.defenses.bottleneck import Bottleneck
 from splitinv.defenses.checkpoint import TrainedDefense, load_defense
+from splitinv.defenses.common import SeededDefense
 from splitinv.defenses.dropout import ActivationDropout
-from splitinv.defenses.noise import GaussianNoise, LaplaceNoise, SeededDefense
+from splitinv.defenses.noise import GaussianNoise, LaplaceNoise
 from splitinv.defenses.nopeek import NoPeek, distance_correlation
 from splitinv.defenses.projection import RandomProjection
 from splitinv.defenses.prune import ChannelPrune

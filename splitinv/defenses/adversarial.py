@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from splitinv.defenses.checkpoint import TrainedDefense
-from splitinv.defenses.nopeek import check_weight
+from splitinv.defenses.common import check_weight
 from splitinv.errors import SplitinvError
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from splitinv.defenses.checkpoint import TrainedDefense
-from splitinv.defenses.topk import check_count, resolve_count
+from splitinv.defenses.common import check_count, resolve_count
 from splitinv.errors import SplitinvError
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from splitinv.defenses.noise import SeededDefense, check_bool, check_number
+from splitinv.defenses.common import SeededDefense, check_bool, check_number
 from splitinv.errors import SplitinvError
 
 

@@ -11,72 +11,17 @@ image's own activations: ``sigma = scale * std(h_i)`` for image ``i``, the popul
 image's elements (per image, so an image's observation does not depend on the rest of its batch). The std is
 treated as a constant in the backward pass: the gradient through the defense is the identity, which is the
 expected gradient of ``h + sigma(h) * eps`` over the noise ``eps`` (what an adaptive attacker differentiates).
-
-This module also holds :class:`SeededDefense`, the base of every defense that draws randomness: each instance
-draws from its own ``torch.Generator`` on the input's device, seeded with ``seed``, so the same seed gives the
-same sequence of draws and no defense touches (or is disturbed by) the global RNG stream.
+Both draw from their own seeded generator (:class:`splitinv.defenses.common.SeededDefense`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
-from splitinv.defenses.base import Defense
+from splitinv.defenses.common import SeededDefense, check_bool, check_number
 from splitinv.errors import SplitinvError
-
-
-def check_seed(name: str, seed: Any) -> int:
-    """``seed`` as an int, or a one-line error naming the defense."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise SplitinvError(
-            f"{name} defense: seed must be an integer, got {seed!r}: set defense.seed=0 (or any int)."
-        )
-    return int(seed)
-
-
-def check_bool(name: str, key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise SplitinvError(
-            f"{name} defense: {key} must be true or false, got {value!r}: set defense.{key}=true or false."
-        )
-    return value
-
-
-def check_number(name: str, key: str, value: Any) -> float:
-    """``value`` as a finite float (ints accepted, bools refused), or a one-line error."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SplitinvError(
-            f"{name} defense: {key} must be a finite number, got {value!r}: set defense.{key}."
-        )
-    return float(value)
-
-
-class SeededDefense(Defense):
-    """A defense that draws randomness from its own generators, one per device, all seeded with ``seed``.
-
-    :meth:`generator` returns the generator for a device (created and seeded on first use); :meth:`reset`
-    restarts every sequence from ``seed``. The generators are not part of the ``state_dict``.
-    """
-
-    stochastic = True
-
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__()
-        self.seed = check_seed(self.name, seed)
-        self._generators: dict[str, torch.Generator] = {}
-
-    def generator(self, device: torch.device) -> torch.Generator:
-        key = str(device)
-        if key not in self._generators:
-            self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generators[key]
-
-    def reset(self) -> None:
-        """Restart the draws: the next calls repeat the sequence of draws from ``seed``."""
-        self._generators.clear()
 
 
 class _AdditiveNoise(SeededDefense):

@@ -15,13 +15,13 @@ samples, and differentiable (computed in float64 for accuracy, outside autocast)
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from splitinv.defenses.checkpoint import TrainedDefense
+from splitinv.defenses.common import check_weight
 from splitinv.errors import SplitinvError
 
 
@@ -63,17 +63,6 @@ def distance_correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # the V-statistic is >= 0 (rounding aside); sqrt's derivative at 0 is infinite: floor it
         dcor = dcor2.clamp_min(1e-12).sqrt()
     return torch.where(dcor2 > 1e-12, dcor, 0.0).to(out_dtype)
-
-
-def check_weight(name: str, weight: Any) -> float:
-    """A finite loss weight >= 0, or a one-line error."""
-    number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
-    if not number or not math.isfinite(weight) or weight < 0:
-        raise SplitinvError(
-            f"{name} defense: weight must be a finite number >= 0, got {weight!r}: set defense.weight, "
-            "e.g. 0.5."
-        )
-    return float(weight)
 
 
 class NoPeek(TrainedDefense):

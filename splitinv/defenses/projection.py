@@ -25,8 +25,7 @@ from typing import Any
 import torch
 
 from splitinv.defenses.base import Defense
-from splitinv.defenses.noise import check_seed
-from splitinv.defenses.topk import check_count, resolve_count
+from splitinv.defenses.common import check_count, check_seed, resolve_count
 from splitinv.errors import SplitinvError
 
 MAX_ELEMENTS = 2**27  # 128 Mi numbers: 512 MiB in float32

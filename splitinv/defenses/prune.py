@@ -18,8 +18,7 @@ from typing import Any
 import torch
 
 from splitinv.defenses.base import Defense
-from splitinv.defenses.noise import check_number, check_seed
-from splitinv.defenses.quantize import channel_dim
+from splitinv.defenses.common import channel_dim, check_number, check_seed
 from splitinv.errors import SplitinvError
 
 

@@ -30,23 +30,11 @@ from typing import Any
 import torch
 
 from splitinv.defenses.base import Defense
+from splitinv.defenses.common import channel_dim, straight_through
 from splitinv.errors import SplitinvError
 
 GRANULARITIES = ("tensor", "channel")
 MAX_BITS = 32
-
-
-def channel_dim(ndim: int) -> int:
-    """The channel dim of a batched activation with ``ndim`` dims: the last for (B, N, C) tokens, else 1."""
-    return 2 if ndim == 3 else 1
-
-
-def straight_through(h: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """``value`` forward, the identity backward (gradients reach ``h`` as they are)."""
-    value = value.detach()
-    if torch.is_grad_enabled() and h.requires_grad:
-        return value + (h - h.detach())
-    return value
 
 
 class Quantize(Defense):

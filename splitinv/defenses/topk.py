@@ -20,42 +20,8 @@ from typing import Any
 import torch
 
 from splitinv.defenses.base import Defense
-from splitinv.defenses.quantize import straight_through
+from splitinv.defenses.common import check_count, resolve_count, straight_through
 from splitinv.errors import SplitinvError
-
-
-def check_count(name: str, key: str, value: Any, what: str) -> int | float:
-    """A count (int >= 1) or a fraction (float in (0, 1]) of ``what``, or a one-line error."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SplitinvError(
-            f"{name} defense: {key} must be a count (an integer >= 1) or a fraction of {what} (a float in "
-            f"(0, 1]), got {value!r}: set defense.{key}, e.g. 0.1."
-        )
-    if isinstance(value, int):
-        if value < 1:
-            raise SplitinvError(
-                f"{name} defense: {key} must be >= 1 as a count, got {value}: set defense.{key} to a "
-                f"positive integer, or to a fraction of {what} such as 0.1."
-            )
-        return int(value)
-    if not (math.isfinite(value) and 0 < value <= 1):
-        raise SplitinvError(
-            f"{name} defense: {key}={value} is neither a count (an integer >= 1) nor a fraction in "
-            f"(0, 1]: set defense.{key} to a fraction of {what} such as 0.1, or to an integer count."
-        )
-    return float(value)
-
-
-def resolve_count(name: str, key: str, value: int | float, total: int, what: str, hint: str = "") -> int:
-    """The count that ``value`` (a count or a fraction) means out of ``total``, or a one-line error."""
-    if isinstance(value, float):
-        return max(1, min(total, round(value * total)))
-    if value > total:
-        raise SplitinvError(
-            f"{name} defense: {key}={value} is larger than the {total} {what}: set defense.{key} to at most "
-            f"{total}, or to a fraction such as 0.1{hint}."
-        )
-    return value
 
 
 class TopK(Defense):
