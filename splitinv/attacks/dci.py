@@ -34,9 +34,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from splitinv.attacks.base import Attack, AttackContext, AttackerKnowledge, Reconstruction, Writer
-from splitinv.attacks.decoder import DECODER_FILE, conv_block, to_map, up_block
+from splitinv.attacks.decoder import DECODER_FILE
 from splitinv.attacks.priors import BNStatsPrior, alpha_norm, random_flip, random_jitter, total_variation
 from splitinv.cut import CutPoint, cut, describe_cut_points
+from splitinv.decoders import conv_block, to_map, up_block
 from splitinv.errors import SplitinvError
 from splitinv.io import save_atomic
 

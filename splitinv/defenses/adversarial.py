@@ -2,7 +2,7 @@
 Li et al. 2019, and ResSFL, Li et al. 2022): a min-max game between the network and a model-inversion
 attacker.
 
-A proxy decoder ``D`` (the inverse-decoder attack's :func:`~splitinv.attacks.decoder.build_decoder`) learns
+A proxy decoder ``D`` (the inverse-decoder attack's network, :func:`splitinv.decoders.build_decoder`) learns
 to reconstruct the images from the head's activations, ``min_D MSE(D(h), x)`` with ``h`` detached, with its
 own Adam optimizer; head and tail then minimise ``CE - weight * MSE(D(h), x)``, pushing the activations away
 from what the decoder can invert while keeping the task. The steps alternate, one of each per batch (the
@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from splitinv.decoders import build_decoder
 from splitinv.defenses.checkpoint import TrainedDefense
 from splitinv.defenses.common import check_weight
 from splitinv.errors import SplitinvError
@@ -54,7 +55,6 @@ class AdversarialDecoder(TrainedDefense):
         return True
 
     def build_adversary(self, image_shape: tuple[int, int, int]) -> nn.Module:
-        from splitinv.attacks.decoder import build_decoder
 
         if self.feature_shape is None:
             raise SplitinvError(
