@@ -11,6 +11,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -228,9 +229,16 @@ def _advise(args: argparse.Namespace) -> None:
     print("\n".join(f"wrote {path}" for path in written))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad command line reported in one line (no usage block) like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="splitinv", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="splitinv", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("layers", help="list a victim's valid cut points with their output shapes")
     p.add_argument("name", help="torchvision or timm model name, e.g. resnet18, deit_small_patch16_224")
