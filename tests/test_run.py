@@ -176,11 +176,6 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["data=nosuchdata"], "unknown data 'nosuchdata'.*photos"),
         (["attack=nosuchattack"], "unknown attack 'nosuchattack'.*decoder"),
         (["defense=gausian"], "unknown defense 'gausian' \\(did you mean gaussian\\?\\)"),
-        (["defense=gaussian", "defense.scale=-1"], "scale.*-1"),
-        (["defense=dropout", "defense.p=1.5"], "p.*1.5"),
-        (["defense=quantize", "defense.bits=0"], "bits.*0"),
-        (["defense=topk", "defense.k=100000"], "k=100000.*"),
-        (["defense=nopeek"], "trained with the network.*splitinv-train-defense"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, overrides: list[str], message: str) -> None:
@@ -193,6 +188,24 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, overrides: lis
 
     assert re.search(message, error_lines[0]), error_lines[0]
     assert not list(tmp_path.rglob("metrics.json"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["defense=gaussian", "defense.scale=-1"], "scale.*-1"),
+        (["defense=dropout", "defense.p=1.5"], "p.*1.5"),
+        (["defense=quantize", "defense.bits=0"], "bits.*0"),
+        (["defense=topk", "defense.k=100000"], "k=100000"),
+        (["defense=nopeek"], "trained with the network.*splitinv-train-defense"),
+    ],
+)
+def test_bad_defense_settings_are_one_line_before_training(
+    tmp_path: Path, overrides: list[str], message: str
+) -> None:
+    with pytest.raises(SplitinvError, match=message) as err:
+        run(compose([*TINY, "logger=csv", "trainer.max_epochs=50", *overrides], output_dir=tmp_path))
+    assert "\n" not in str(err.value) and not list(tmp_path.rglob("metrics.json"))
 
 
 def test_decoder_checkpoint_rebuilds_its_own_architecture(tmp_path: Path) -> None:
