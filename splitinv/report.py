@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,9 @@ def _job_row_from_config(job: Path) -> dict[str, Any]:
     attack = cfg.get("attack") or {}
     data = cfg.get("data") or {}
     target = str(data.get("_target_", ""))
+    hydra_file = job / ".hydra" / "hydra.yaml"
+    choices = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}) if hydra_file.is_file() else {}
+    defense = ((choices.get("runtime") or {}).get("choices") or {}).get("defense") or "none"
     return {
         "victim": victim.get("name"),
         "weights": victim.get("weights"),
@@ -71,6 +75,7 @@ def _job_row_from_config(job: Path) -> dict[str, Any]:
         "attack": attack.get("name"),
         "data": target.rsplit(".", 1)[-1].replace("DataModule", "").lower() or None,
         "seed": cfg.get("seed"),
+        **_defense_keys({"defense": defense, "defense_aware": attack.get("defense_aware")}),
     }
 
 
@@ -117,6 +122,12 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _natural(key: Any) -> list[Any]:
+    """Sort key that orders numbers inside names by value: gaussian@0.25 < gaussian@1.0 < gaussian@4.0."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", str(key))
+    return [(0, float(p), "") if re.fullmatch(r"\d+(?:\.\d+)?", p) else (1, 0.0, p) for p in parts]
+
+
 def _fmt(mean: float, std: float, n: int, digits: int) -> str:
     if n == 0 or mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "n/a"
@@ -144,7 +155,7 @@ def aggregate(frame: pd.DataFrame, rows: str, cols: str | None, metrics: Sequenc
                 f"unknown table key {missing[0]!r}: use one of {', '.join(KEYS)} (join several with +)."
             )
         if len(parts) > 1:
-            frame[key] = frame[parts].astype(str).agg("/".join, axis=1)
+            frame[key] = ["/".join(map(str, values)) for values in frame[parts].itertuples(index=False)]
     unknown = [m for m in metrics if m not in DIRECTIONS]
     if unknown:
         raise SplitinvError(f"unknown metric {unknown[0]!r}: use some of {', '.join(DIRECTIONS)}.")
@@ -181,11 +192,14 @@ def table(
         flat = agg.copy()
         flat.columns = [f"{a}_{b}" if b else a for a, b in flat.columns]
         return flat.reset_index().to_csv(index=False)
-    row_keys = list(dict.fromkeys(agg.index.get_level_values(0)))
+    row_keys = sorted(dict.fromkeys(agg.index.get_level_values(0)), key=_natural)
     if "depth" in agg.columns and rows in ("cut", "cut_spec"):
         depth = agg[("depth", "")].groupby(level=0, sort=False).mean()
         row_keys.sort(key=lambda r: math.inf if pd.isna(depth.get(r)) else depth.get(r))
     col_keys = list(dict.fromkeys(agg.index.get_level_values(1))) if cols else [None]
+    if cols and "depth" in agg.columns and {"cut", "cut_spec"} & set(cols.split("+")):
+        depth = agg[("depth", "")].groupby(level=1, sort=False).mean()
+        col_keys.sort(key=lambda c: (math.inf if pd.isna(depth.get(c)) else depth.get(c), str(c)))
 
     def cell(r: str, c: str | None, m: str) -> tuple[str, float | None]:
         key = (r, c) if cols else r
