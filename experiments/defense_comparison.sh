@@ -20,10 +20,10 @@ sweep quantize defense=quantize defense.bits=2,1
 sweep topk defense=topk defense.k=0.05,0.01
 for cut in layer1 layer2; do
   for weight in 1 4; do
-    ckpt="$OUT/nopeek_victims/${cut}_w${weight}.pt"
+    ckpt="$OUT-training/nopeek_${cut}_w${weight}.pt"
     [ -f "$ckpt" ] || splitinv-train-defense victim=resnet18 victim.image_size=32 "victim.weights=$VICTIM" \
       data=fashion_mnist_mini cut=$cut defense=nopeek defense.weight=$weight trainer.max_epochs=1 \
-      "checkpoint=$ckpt" "hydra.run.dir=$OUT/nopeek_victims/train_${cut}_w${weight}"
+      "checkpoint=$ckpt" "hydra.run.dir=$OUT-training/nopeek_${cut}_w${weight}"  # outside the sweep folder
     sweep "nopeek/${cut}_w${weight}" "cut=$cut" "victim.weights=$ckpt" defense=nopeek defense.weight=$weight
   done
 done

@@ -407,7 +407,7 @@ def plot_privacy_utility(frame: pd.DataFrame, out_dir: str | Path, metric: str =
         safer = "lower" if DIRECTION[metric] == "higher" else "higher"  # a worse reconstruction leaks less
         ax.set_ylabel(f"attack {LABELS.get(metric, metric)} ({safer} leaks less)")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, frameon=False)
+    axes[0][-1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     victims = ", ".join(sorted(ok["victim"].astype(str).unique()))
     attacks = ", ".join(sorted(ok["attack"].astype(str).unique()))
     fig.suptitle(f"privacy-utility: {victims}; attacks: {attacks}", fontsize=9)
