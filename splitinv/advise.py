@@ -36,7 +36,8 @@
   of distinct attacks tried there. A cut attacked by fewer attacks than the most-attacked cut is
   ``flagged``: one weak attack may understate its leakage.
 - **utility**, from the same runs: ``accuracy`` and ``agreement`` (with the undefended network) of the
-  defended split; ``utility`` is accuracy when every attacked row has it, else agreement.
+  defended split, on the data's whole test split where the runs measured it (``utility_test``), else on
+  their evaluation images; ``utility`` is accuracy when every attacked row has it, else agreement.
 
 ``pareto`` is True for a cut that no other attacked cut matches or beats in all of (device FLOPs ↓,
 payload bytes ↓, SSIM ↓, utility ↑, the last only when known everywhere) while beating it in one; cuts
@@ -396,13 +397,17 @@ def sweep_rows(sweep_dir: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
         defense = (
             details.get("defense") if isinstance(details.get("defense"), Mapping) else rec.get("defense")
         )
-        utility = rec.get("utility") if isinstance(rec.get("utility"), Mapping) else {}
+        # utility on the data's whole test split where the run measured it, else on its evaluation images
+        held_out = isinstance(rec.get("utility_test"), Mapping)
+        utility = rec["utility_test"] if held_out else rec.get("utility")
+        utility = utility if isinstance(utility, Mapping) else {}
         victim = details.get("victim") or {}
         cut_info = details.get("cut") or {}
         extra.append(
             {
                 "defense": _defense_label(defense),
                 "defense_config": _job_config(root / job).get("defense"),
+                "utility_on": "test split" if held_out else "evaluation images",
                 "accuracy": _number(utility.get("accuracy")),
                 "agreement": _number(utility.get("agreement")),
                 "image_size": victim.get("image_size"),
@@ -772,6 +777,11 @@ def advise(
         wire=wire,
         profile=profile.describe() if profile else None,
         utility_metric=metric,
+        utility_on=(
+            "the test split"
+            if len(rows) and "utility_on" in rows and (rows["utility_on"] == "test split").all()
+            else "the evaluation images"
+        ),
         max_attacks=most,
     )
     return table
@@ -889,7 +899,8 @@ def notes(table: pd.DataFrame) -> list[str]:
             "may be understated."
         )
     if a.get("utility_metric"):
-        lines.append(f"Utility: {a['utility_metric']} of the (defended) split on the evaluation images.")
+        on = a.get("utility_on", "the evaluation images")
+        lines.append(f"Utility: {a['utility_metric']} of the (defended) split on {on}.")
     if not table["attacked"].any():
         return lines
     objectives = "device FLOPs ↓, bytes sent ↓, SSIM ↓" + (", utility ↑" if a.get("utility_metric") else "")

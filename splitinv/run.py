@@ -100,8 +100,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         utility = the_split.utility(datamodule.predict_dataloader(), device=device)
         utility_test = _utility_on_held_out(cfg, the_split, datamodule, device)
         record = _record(
-            cfg, key, the_split, victim, datamodule, attack, ev, train_stats, (utility, utility_test), device,
-            cut_info, start,
+            cfg, key, the_split, victim, datamodule, attack, ev, train_stats, device, cut_info, start,
+            utility=utility, utility_test=utility_test,
         )  # fmt: skip
         image = results.grid(ev.originals, ev.reconstructions)
         extra = dict(attack.artifacts())
@@ -185,10 +185,12 @@ def _record(
     attack: Attack,
     ev: Evaluation,
     train: dict[str, Any],
-    utilities: tuple[dict[str, Any], dict[str, Any] | None],
     device: torch.device,
     cut_info: dict[str, Any],
     start: float,
+    *,
+    utility: dict[str, Any],
+    utility_test: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The flat row a table builder reads (:func:`splitinv.results.build_record`)."""
     warnings_ = []
@@ -208,8 +210,8 @@ def _record(
         knowledge=attack.knowledge.as_dict(),
         defense=the_split.defense.name,
         defense_strength=the_split.defense.strength,
-        utility=utilities[0],
-        utility_test=utilities[1],
+        utility=utility,
+        utility_test=utility_test,
         n_eval=ev.images,
         config_hash=key,
         details={

@@ -193,7 +193,6 @@ TINY = [
     "data.n_eval=4",
     "data.batch_size=16",
     "logger=csv",
-    "utility_test=false",
     "trainer.max_epochs=1",
     "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false",
@@ -215,7 +214,7 @@ def test_train_then_attack_your_own_network_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"
     run = _script(
         "splitinv-run", *TINY, f"victim.weights={checkpoint}", "cut=block2", "attack=decoder",
-        f"hydra.run.dir={out}", cwd=tmp_path,
+        "utility_test=false", f"hydra.run.dir={out}", cwd=tmp_path,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     record = json.loads((out / "metrics.json").read_text())
