@@ -277,7 +277,7 @@ def cut_costs(
                     "device_params": device_params(s.client, x),
                     "device_peak_bytes": peak_activation_bytes(s.client, x),
                     "device_latency_ms": median_latency_ms(s.client, x, latency_runs, warmup),
-                    "tail_flops": count_flops(s.tail, v),
+                    "tail_flops": count_flops(s.tail, s.defense.restore(v)),  # what the server runs
                     **payload(tuple(h.shape[1:]), s.defense, wire),
                 }
             )
