@@ -16,6 +16,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from splitinv.baselines import NAMES as BASELINE_NAMES
+from splitinv.baselines import SCORED as BASELINE_METRICS
 from splitinv.errors import SplitinvError
 from splitinv.metrics import DIRECTION
 from splitinv.results import FAILED_FILE, METRICS_FILE
@@ -26,8 +28,12 @@ KEYS = (
 )  # fmt: skip
 # what the defended split still does (metrics.json "utility"), beside the attack metrics
 UTILITY = {"utility": "higher", "utility_agreement": "higher", "utility_test": "higher"}
-DIRECTIONS = {**DIRECTION, **UTILITY}
+# the trivial reconstructions scored on the same images (metrics.json "baselines"): e.g. lowpass4_ssim
+BASELINES = {f"{name}_{metric}": DIRECTION[metric] for name in BASELINE_NAMES for metric in BASELINE_METRICS}
+DIRECTIONS = {**DIRECTION, **UTILITY, "beats_lowpass4": "higher", **BASELINES}
 LABELS = {
+    "beats_lowpass4": "> lowpass4",
+    **{k: f"{k.split('_')[0]} {k.split('_')[1].upper()}" for k in BASELINES},
     "utility": "accuracy",
     "utility_agreement": "agreement",
     "utility_test": "test acc.",
@@ -105,6 +111,11 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
         row["utility_agreement"] = math.nan if utility.get("agreement") is None else utility["agreement"]
         test = rec.get("utility_test") or {}
         row["utility_test"] = math.nan if test.get("accuracy") is None else test["accuracy"]
+        beats = rec.get("beats_lowpass4")
+        row["beats_lowpass4"] = beats["mean"] if isinstance(beats, dict) else math.nan
+        for name, scores in (rec.get("baselines") or {}).items():
+            for metric, value in (scores or {}).items():
+                row[f"{name}_{metric}"] = value["mean"] if isinstance(value, dict) else math.nan
         rows.append(row)
     for hydra_dir in sorted(root.rglob(".hydra")):
         job = hydra_dir.parent
@@ -217,7 +228,7 @@ def table(
     for c in col_keys:
         for m in metrics:
             values = [v for r in row_keys if (v := cell(r, c, m)[1]) is not None and not math.isnan(v)]
-            if values:
+            if len(set(values)) > 1:  # a column where every row ties has no best
                 best[(c, m)] = min(values) if DIRECTIONS[m] == "lower" else max(values)
     arrow = {"lower": ("↓", r"$\downarrow$"), "higher": ("↑", r"$\uparrow$")}
     header = []

@@ -149,6 +149,7 @@ def build_record(
     defense_strength: Any = None,
     utility: dict[str, Any] | None = None,
     utility_test: dict[str, Any] | None = None,
+    baselines: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The flat row every command writes to ``metrics.json``: the contract's numbers and the keys that
     identify the run first (what a table builder reads), then details, cost, contract, warnings, versions.
@@ -156,7 +157,8 @@ def build_record(
     ``knowledge``: the attacker's (access, aux_data, defense_aware). ``defense``, ``defense_strength``: the
     defense's name and the value of its swept knob. ``utility``: what the defended split still does on the
     evaluation images (accuracy, agreement with the undefended network, n), or None; ``utility_test`` the
-    same on the data's whole test split, where it has one.
+    same on the data's whole test split, where it has one. ``baselines``: the trivial reconstructions'
+    scores on the same images ({name: {metric: summary}}, :mod:`splitinv.baselines`).
     """
     from splitinv.config import versions
 
@@ -178,6 +180,7 @@ def build_record(
         "defense_aware": knowledge.get("defense_aware"),
         "utility": utility,
         "utility_test": utility_test,
+        "baselines": baselines,
         "n_eval": int(n_eval),
         "config_hash": config_hash,
         "details": details,

@@ -99,9 +99,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
         utility = the_split.utility(datamodule.predict_dataloader(), device=device)
         utility_test = _utility_on_held_out(cfg, the_split, datamodule, device)
+        baselines = _baselines(cfg, datamodule, attack, ev, device)
         record = _record(
             cfg, key, the_split, victim, datamodule, attack, ev, train_stats, device, cut_info, start,
-            utility=utility, utility_test=utility_test,
+            utility=utility, utility_test=utility_test, baselines=baselines,
         )  # fmt: skip
         image = results.grid(ev.originals, ev.reconstructions)
         extra = dict(attack.artifacts())
@@ -114,6 +115,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         results.finish_logger(logger)  # each job (and each call from Python) gets its own W&B run
     return record
+
+
+def _baselines(cfg: DictConfig, datamodule: Any, attack: Attack, ev: Evaluation, device: torch.device) -> Any:
+    """Trivial reconstructions (grey, mean auxiliary image, 4x4 / 8x8 low-pass) scored on the same
+    evaluation images (``baselines: true``); adds the per-image ``beats_lowpass4`` column to ``ev``.
+    The mean auxiliary image only where the attacker has auxiliary data: a data-free run reads none."""
+    if not cfg.get("baselines", True):
+        return None
+    from splitinv import baselines
+
+    has_data = attack.knowledge.aux_data != "none"
+    mean = baselines.mean_image(datamodule.aux_dataset()) if has_data else None
+    columns, lowpass4 = baselines.score(datamodule.predict_dataloader(), mean, lpips=cfg.lpips, device=device)
+    ev.per_image["beats_lowpass4"] = baselines.beats(ev.per_image["ssim"], ev.per_image["index"], lowpass4)
+    return {name: results.summary(values) for name, values in columns.items()}
 
 
 def _utility_on_held_out(cfg: DictConfig, the_split: Split, datamodule: Any, device: torch.device) -> Any:
@@ -191,6 +207,7 @@ def _record(
     *,
     utility: dict[str, Any],
     utility_test: dict[str, Any] | None,
+    baselines: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The flat row a table builder reads (:func:`splitinv.results.build_record`)."""
     warnings_ = []
@@ -212,6 +229,7 @@ def _record(
         defense_strength=the_split.defense.strength,
         utility=utility,
         utility_test=utility_test,
+        baselines=baselines,
         n_eval=ev.images,
         config_hash=key,
         details={

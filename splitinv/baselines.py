@@ -1,0 +1,85 @@
+"""Trivial reconstructions scored beside every attack: what a number means depends on what no attack at all
+scores on the same images under the same contract.
+
+- ``grey``: a constant 0.5 image (rMLE's start). On natural photos it already passes He et al.'s SSIM >= 0.3
+  "recognisable" line for about half the images.
+- ``mean``: the mean auxiliary image (what an attacker with the data but no access to the split would send);
+  only for attackers with auxiliary data (a data-free run reads no auxiliary image).
+- ``lowpass4``, ``lowpass8``: the original itself, average-pooled to 4x4 / 8x8 and upsampled bilinearly: the
+  coarse layout and colours, no detail. A reconstruction that does not beat ``lowpass4`` recovered little more
+  than the colours of a 4x4 grid; every run records the fraction that does (``beats_lowpass4``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from splitinv import metrics
+
+NAMES = ("grey", "mean", "lowpass4", "lowpass8")
+SCORED = ("ssim", "psnr", "lpips")
+MEAN_IMAGES = 512  # auxiliary images averaged for the mean image (a fixed prefix: deterministic, cheap)
+
+
+def lowpass(x: Tensor, side: int) -> Tensor:
+    """``x`` average-pooled to ``side`` x ``side`` and upsampled back bilinearly (align_corners=False)."""
+    small = F.adaptive_avg_pool2d(x, side)
+    return F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def reconstructions(x: Tensor, mean_image: Tensor | None = None) -> dict[str, Tensor]:
+    """The trivial reconstructions of a batch ``x`` (B, C, H, W) in [0, 1] (``mean`` given a mean image)."""
+    out = {"grey": torch.full_like(x, 0.5)}
+    if mean_image is not None:
+        out["mean"] = mean_image.to(x.device, x.dtype).expand_as(x).clone()
+    out["lowpass4"] = lowpass(x, 4)
+    out["lowpass8"] = lowpass(x, 8)
+    return out
+
+
+@torch.no_grad()
+def mean_image(dataset: Any, limit: int = MEAN_IMAGES) -> Tensor | None:
+    """The mean of the first ``limit`` images of ``dataset`` ((image, ...) items), or None when it is empty.
+
+    Datasets may draw random flips: they are drawn from a fixed seed inside a forked RNG, so the mean image is
+    the same in every run on the same data, and the global stream is left as it was (it changes no number).
+    """
+    n = min(len(dataset), limit)
+    if n == 0:
+        return None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        total = sum(dataset[i][0].float() for i in range(n))
+    return total / n
+
+
+def score(
+    batches: Iterable[Any], mean: Tensor | None, lpips: str = "auto", device: torch.device | str = "cpu"
+) -> tuple[dict[str, dict[str, list[float]]], dict[int, float]]:
+    """Per-image SSIM, PSNR and LPIPS of every trivial reconstruction over ``batches`` of (image, label,
+    index): ({name: {metric: values}}, {evaluation index: lowpass4 SSIM})."""
+    columns: dict[str, dict[str, list[float]]] = {}
+    lowpass4_ssim: dict[int, float] = {}
+    n = 0
+    for batch in batches:
+        x = batch[0].to(device).float()
+        index = batch[2] if len(batch) >= 3 else torch.arange(n, n + x.shape[0])
+        n += x.shape[0]
+        for name, x_hat in reconstructions(x, mean).items():
+            scores = metrics.score(x, x_hat, lpips=lpips)
+            for key in SCORED:
+                if scores.get(key) is not None:
+                    columns.setdefault(name, {}).setdefault(key, []).extend(scores[key].tolist())
+            if name == "lowpass4":
+                lowpass4_ssim.update(zip((int(i) for i in index), scores["ssim"].tolist(), strict=True))
+    return columns, lowpass4_ssim
+
+
+def beats(ssim: Iterable[float], index: Iterable[int], reference: dict[int, float]) -> list[float]:
+    """1.0 per image whose reconstruction SSIM is above its ``reference`` (lowpass4) SSIM, else 0.0."""
+    return [float(s > reference[int(i)]) for s, i in zip(ssim, index, strict=True)]

@@ -1,0 +1,77 @@
+"""Trivial reconstructions scored beside every attack (grey, mean auxiliary image, 4x4 / 8x8 low-pass)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from splitinv import baselines, metrics
+from splitinv.config import compose
+from splitinv.data import FashionMNISTDataModule
+from splitinv.report import collect, table
+from splitinv.run import run
+
+TINY = [
+    "victim=resnet18", "victim.image_size=32", "data=fashion_mnist_mini", "data.n_aux=64",
+    "data.n_eval=6", "data.batch_size=4", "trainer.max_epochs=1", "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false", "logger=csv", "cut=layer1", "lpips=off", "utility_test=false",
+]  # fmt: skip
+
+
+def test_lowpass_keeps_the_coarse_layout_and_drops_detail() -> None:
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    torch.testing.assert_close(baselines.lowpass(flat, 4), flat)
+    checker = ((torch.arange(16).view(-1, 1) + torch.arange(16)) % 2).float().expand(1, 3, 16, 16)
+    smooth = baselines.lowpass(checker, 4)
+    assert smooth.std() < 0.05 and abs(float(smooth.mean()) - 0.5) < 1e-6  # detail gone, mean kept
+    halves = torch.cat([torch.zeros(1, 3, 16, 8), torch.ones(1, 3, 16, 8)], dim=3)
+    assert float(baselines.lowpass(halves, 4)[..., :2].max()) < 0.1  # the layout survives
+
+
+def test_scores_are_the_contract_applied_to_the_trivial_images() -> None:
+    data = FashionMNISTDataModule(vendored=True, image_size=32, n_eval=5, batch_size=3)
+    x = torch.stack([data.eval_dataset()[i][0] for i in range(5)])
+    mean = baselines.mean_image(data.aux_dataset())
+    columns, lowpass4 = baselines.score(data.predict_dataloader(), mean, lpips="off")
+    assert set(columns) == {"grey", "mean", "lowpass4", "lowpass8"}
+    grey = metrics.ssim(x, torch.full_like(x, 0.5))
+    assert columns["grey"]["ssim"] == pytest.approx(grey.tolist(), abs=1e-6)
+    low = metrics.psnr(x, baselines.lowpass(x, 8))
+    assert columns["lowpass8"]["psnr"] == pytest.approx(low.tolist(), abs=1e-4)
+    assert lowpass4 == pytest.approx(dict(enumerate(columns["lowpass4"]["ssim"])))
+    # more resolution, more of the image: 8x8 beats 4x4 on every image
+    assert all(a > b for a, b in zip(columns["lowpass8"]["ssim"], columns["lowpass4"]["ssim"], strict=True))
+    assert baselines.beats([0.9, 0.1], [0, 1], {0: 0.5, 1: 0.5}) == [1.0, 0.0]
+
+
+def test_the_mean_image_leaves_the_global_random_stream_alone() -> None:
+    data = FashionMNISTDataModule(vendored=True, image_size=32, n_aux=40, augment=True)
+    state = torch.get_rng_state()
+    mean = baselines.mean_image(data.aux_dataset(), limit=20)
+    assert torch.equal(state, torch.get_rng_state())
+    assert mean.shape == (3, 32, 32) and 0 <= float(mean.min()) and float(mean.max()) <= 1
+    torch.rand(5)  # another state of the global stream: the same mean image
+    assert torch.equal(mean, baselines.mean_image(data.aux_dataset(), limit=20))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_every_run_records_the_baselines_and_they_change_no_number(tmp_path: Path) -> None:
+    record = run(compose(TINY, output_dir=tmp_path / "on"))
+    plain = run(compose([*TINY, "baselines=false"], output_dir=tmp_path / "off"))
+    for name in ("ssim", "psnr", "feature_error", "label_agreement"):
+        assert record[name] == plain[name], name
+    assert set(record["baselines"]) == {"grey", "mean", "lowpass4", "lowpass8"}
+    assert record["baselines"]["grey"]["ssim"]["n"] == 6 and plain["baselines"] is None
+    samples = pd.read_csv(tmp_path / "on" / "samples.csv")
+    assert set(samples["beats_lowpass4"]) <= {0.0, 1.0}
+    assert record["beats_lowpass4"]["mean"] == pytest.approx(samples["beats_lowpass4"].mean())
+    saved = json.loads((tmp_path / "on" / "metrics.json").read_text())
+    assert saved["baselines"]["lowpass4"]["ssim"]["mean"] > saved["baselines"]["grey"]["ssim"]["mean"]
+    text = table(
+        collect(tmp_path / "on"), rows="cut", cols=None, metrics=["ssim", "lowpass4_ssim", "beats_lowpass4"]
+    )
+    assert "lowpass4 SSIM ↑" in text and "> lowpass4 ↑" in text
