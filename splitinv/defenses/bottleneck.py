@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from splitinv.defenses.checkpoint import TrainedDefense
-from splitinv.defenses.common import check_count, resolve_count
+from splitinv.defenses.common import check_batched, check_count, resolve_count
 from splitinv.errors import SplitinvError
 
 
@@ -109,11 +109,7 @@ class Bottleneck(TrainedDefense):
         return self.encoder, self.decoder
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if h.ndim < 2:
-            raise SplitinvError(
-                f"bottleneck defense: expected batched activations (B, ...), got shape {tuple(h.shape)}: "
-                "pass a batch."
-            )
+        check_batched(self.name, h)
         encoder, _ = self._built(h)
         if tuple(h.shape[1:]) != self.feature_shape:
             raise SplitinvError(

@@ -98,6 +98,15 @@ def check_weight(name: str, weight: Any) -> float:
     return float(weight)
 
 
+def check_batched(name: str, h: torch.Tensor, layout: str = "(B, ...)") -> None:
+    """A one-line error unless ``h`` has a batch dimension (at least 2 dims)."""
+    if h.ndim < 2:
+        raise SplitinvError(
+            f"{name} defense: expected batched activations {layout}, got shape {tuple(h.shape)}: "
+            "pass a batch."
+        )
+
+
 class SeededDefense(Defense):
     """A defense that draws randomness from its own generators, one per device, all seeded with ``seed``.
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from splitinv.defenses.base import Defense
-from splitinv.defenses.common import check_count, check_seed, resolve_count
+from splitinv.defenses.common import check_batched, check_count, check_seed, resolve_count
 from splitinv.errors import SplitinvError
 
 MAX_ELEMENTS = 2**27  # 128 Mi numbers: 512 MiB in float32
@@ -82,11 +82,7 @@ class RandomProjection(Defense):
         return self._copies[key]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if h.ndim < 2:
-            raise SplitinvError(
-                f"projection defense: expected batched activations (B, ...), got shape {tuple(h.shape)}: "
-                "pass a batch."
-            )
+        check_batched(self.name, h)
         self._shape = tuple(h.shape[1:])
         flat = h.reshape(h.shape[0], -1)
         return flat @ self.matrix(flat.shape[1], h.device, h.dtype).T

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from splitinv.defenses.base import Defense
-from splitinv.defenses.common import channel_dim, check_number, check_seed
+from splitinv.defenses.common import channel_dim, check_batched, check_number, check_seed
 from splitinv.errors import SplitinvError
 
 
@@ -49,11 +49,7 @@ class ChannelPrune(Defense):
         return self._pruned[channels]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if h.ndim < 2:
-            raise SplitinvError(
-                f"prune defense: expected batched activations (B, C, ...), got shape {tuple(h.shape)}: "
-                "pass a batch."
-            )
+        check_batched(self.name, h, "(B, C, ...)")
         cd = channel_dim(h.ndim)
         channels = h.shape[cd]
         keep = torch.ones(channels, dtype=h.dtype, device=h.device)

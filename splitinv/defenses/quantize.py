@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from splitinv.defenses.base import Defense
-from splitinv.defenses.common import channel_dim, straight_through
+from splitinv.defenses.common import channel_dim, check_batched, straight_through
 from splitinv.errors import SplitinvError
 
 GRANULARITIES = ("tensor", "channel")
@@ -59,11 +59,7 @@ class Quantize(Defense):
 
     def quantize(self, h: torch.Tensor) -> torch.Tensor:
         """``q(h)``, without the straight-through gradient."""
-        if h.ndim < 2:
-            raise SplitinvError(
-                f"quantize defense: expected batched activations (B, ...), got shape {tuple(h.shape)}: "
-                "pass a batch."
-            )
+        check_batched(self.name, h)
         x = h.detach()
         x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         if self.granularity == "tensor":

@@ -20,8 +20,7 @@ from typing import Any
 import torch
 
 from splitinv.defenses.base import Defense
-from splitinv.defenses.common import check_count, resolve_count, straight_through
-from splitinv.errors import SplitinvError
+from splitinv.defenses.common import check_batched, check_count, resolve_count, straight_through
 
 
 class TopK(Defense):
@@ -40,11 +39,7 @@ class TopK(Defense):
 
     def sparsify(self, h: torch.Tensor) -> torch.Tensor:
         """The sparsified activations, without the straight-through gradient."""
-        if h.ndim < 2:
-            raise SplitinvError(
-                f"topk defense: expected batched activations (B, ...), got shape {tuple(h.shape)}: "
-                "pass a batch."
-            )
+        check_batched(self.name, h)
         flat = h.detach().reshape(h.shape[0], -1)
         k = self.count(flat.shape[1])
         index = flat.abs().topk(k, dim=1, sorted=False).indices
