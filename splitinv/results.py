@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -223,9 +224,15 @@ def log_to_logger(
     logger.save()
 
 
-def finish_logger(logger: Any) -> None:
-    """End this job's W&B run, so that each job of a multirun gets its own run (pitfalls: wandb.finish)."""
-    if logger and type(logger).__name__ == "WandbLogger":
-        import wandb
-
+def finish_wandb() -> None:
+    """End this job's W&B run, if one was started, so that each job of a multirun gets its own run
+    (pitfalls: wandb.finish). A no-op otherwise; wandb is looked up, never imported, here."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
+
+
+def finish_logger(logger: Any) -> None:
+    """End the W&B run of ``logger`` (a WandbLogger; other loggers have nothing to end)."""
+    if logger and type(logger).__name__ == "WandbLogger":
+        finish_wandb()

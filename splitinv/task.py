@@ -24,13 +24,6 @@ log = logging.getLogger(__name__)
 Task = Callable[[DictConfig], dict[str, Any]]
 
 
-def finish_wandb() -> None:
-    """End the W&B run of this job, if one was started (a no-op otherwise; wandb is imported only if used)."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
-
-
 def run_task(command: str, task: Task, cfg: DictConfig, multirun: bool) -> dict[str, Any] | None:
     """Run ``task(cfg)``; on failure record ``failed.json`` and report it as the command's rules say."""
     from splitinv import results
@@ -51,7 +44,7 @@ def run_task(command: str, task: Task, cfg: DictConfig, multirun: bool) -> dict[
             log.error("job failed (%s: %s); the sweep goes on", type(err).__name__, err)
         return None
     finally:
-        finish_wandb()
+        results.finish_wandb()
 
 
 def hydra_command(
