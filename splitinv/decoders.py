@@ -107,3 +107,65 @@ def build_decoder(
 ) -> Decoder:
     """A decoder from one image's cut-point output shape (no batch dim) to ``image_shape`` (C, H, W)."""
     return Decoder(feature_shape, image_shape, width)
+
+
+class PaperDecoder(nn.Module):
+    """A published inverse network (``splitinv.nets``), which outputs a normalised image, in pixel units:
+    ``mean + std * net(features)`` (not clamped: the attack clips its reconstructions to [0, 1]).
+
+    ``architecture``, ``victim`` and ``cut`` name it, so a saved checkpoint rebuilds the same network.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        feature_shape: tuple[int, ...],
+        image_shape: tuple[int, int, int],
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        *,
+        architecture: str,
+        victim: str,
+        cut: str,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.feature_shape, self.image_shape = tuple(feature_shape), tuple(image_shape)
+        self.architecture, self.victim, self.cut = architecture, victim, cut
+        self.width = None
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def normalized(self, z: torch.Tensor) -> torch.Tensor:
+        """The network's own output: the image in the victim's normalised units."""
+        return self.net(z.float())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.mean + self.std * self.normalized(z)
+
+
+def build_paper_decoder(
+    architecture: str,
+    victim: str,
+    cut: str,
+    feature_shape: tuple[int, ...],
+    image_shape: tuple[int, int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> PaperDecoder:
+    """The inverse network that ``architecture`` (``he2019``) published for ``victim`` cut at ``cut``."""
+    if architecture != "he2019":
+        raise SplitinvError(f"unknown decoder architecture {architecture!r}: use he2019 or null.")
+    from splitinv.nets.he2019 import he2019_decoder
+
+    net = he2019_decoder(victim, cut)
+    with torch.no_grad():
+        out = net(torch.zeros(1, *feature_shape))
+    if tuple(out.shape[1:]) != tuple(image_shape):
+        raise SplitinvError(
+            f"He et al.'s inverse network for {victim} at {cut} gives {tuple(out.shape[1:])} images, not "
+            f"{tuple(image_shape)}: run it on the paper's image size."
+        )
+    return PaperDecoder(
+        net, feature_shape, image_shape, mean, std, architecture=architecture, victim=victim, cut=cut
+    )

@@ -115,6 +115,8 @@ CONTRACT: dict[str, Any] = {
     "label_agreement": "per-image 1.0 where top-1 of split.serve(observe(x_hat)) equals its top-1 on x "
     "(the full victim when there is no defense)",
     "accuracy_hat": "per-image 1.0 where top-1 of the victim on x_hat equals the ground-truth label",
+    "evaluator_agreement": "per-image 1.0 where top-1 of an independent evaluation classifier (run.yaml "
+    "evaluator: not the victim, so the attack cannot have fitted it) on x_hat equals its top-1 on x",
     "recognisable": f"ssim >= {RECOGNISABLE_SSIM}",
     "state_error": "GAN inversion of generated images: per image ||r_hat - r||^2 / ||r||^2 for each tensor "
     "crossing the generator cut (state_error_h; BigGAN also state_error_cond)",
@@ -131,6 +133,7 @@ DIRECTION: dict[str, str] = {
     "feature_error": "lower",
     "label_agreement": "higher",
     "accuracy_hat": "higher",
+    "evaluator_agreement": "higher",
     "state_error_h": "lower",
     "state_error_cond": "lower",
 }
@@ -138,6 +141,10 @@ DIRECTION: dict[str, str] = {
 
 class LPIPSUnavailable(SplitinvError):
     """The LPIPS backbone weights are not in torchvision's cache and cannot be downloaded."""
+
+
+class LPIPSTooSmall(SplitinvError):
+    """The images are smaller than the LPIPS backbone's minimum side (``lpips='auto'`` reports null)."""
 
 
 class LPIPSUnavailableWarning(UserWarning):
@@ -446,7 +453,7 @@ def _lpips_values(x: Tensor, y: Tensor, net: str) -> Tensor:
     if c not in (1, 3):
         raise SplitinvError(f"LPIPS needs 1 or 3 channels, got {c}; score RGB or grayscale images")
     if min(h, w) < spec["min_side"]:
-        raise SplitinvError(
+        raise LPIPSTooSmall(
             f"LPIPS-{net} needs images of at least {spec['min_side']}x{spec['min_side']} px, "
             f"got {h}x{w}; upsample both images or score with lpips='off'"
         )
@@ -559,7 +566,7 @@ def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------- tables
 
 
-def _warn_unavailable_once(net: str, err: LPIPSUnavailable) -> None:
+def _warn_unavailable_once(net: str, err: SplitinvError) -> None:
     if net in _WARNED:
         return
     _WARNED.add(net)
@@ -627,7 +634,7 @@ def score(
         if lpips != "off":
             try:
                 out["lpips"] = _lpips_values(x, x_hat, lpips_net)
-            except LPIPSUnavailable as err:
+            except (LPIPSUnavailable, LPIPSTooSmall) as err:
                 if lpips == "required":
                     raise
                 _warn_unavailable_once(lpips_net, err)

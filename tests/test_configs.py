@@ -36,6 +36,7 @@ pytestmark = [
 REQUIRED: dict[str, list[str]] = {
     "victim/custom": ["victim.factory=nets:tiny_cnn"],  # tests/nets.py; pytest puts tests/ on sys.path
     "data/imagefolder": ["data.root=tests/assets"],  # stored, never scanned: setup() is not called
+    "aux/imagefolder": ["aux.root=tests/assets"],
 }
 
 SMALL_IMAGE = 32  # victims are built at this size where their config has an image_size
@@ -119,8 +120,9 @@ def _instantiate(group: str, node: Any) -> Any:
     kwargs: dict[str, Any] = {}
     if "weights" in node:
         kwargs["weights"] = None  # never download (imagenet) or read a checkpoint
-    if group == "victim" and "image_size" in node:
-        kwargs["image_size"] = SMALL_IMAGE
+    if group == "victim" and "image_size" in node:  # small, or the network's own size when smaller
+        own = node.get("image_size")
+        kwargs["image_size"] = own if isinstance(own, int) and own < SMALL_IMAGE else SMALL_IMAGE
     if group == "trainer":
         if str(node.get("accelerator", "auto")) in ("gpu", "cuda") and not torch.cuda.is_available():
             return None

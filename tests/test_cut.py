@@ -22,8 +22,8 @@ SIZE = 64
 ATOL = 1e-5
 
 
-def _images(size: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+def _images(size: int, batch: int = 2, seed: int = 0, channels: int = 3) -> torch.Tensor:
+    return torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def _random_victim(name: str, size: int, **kwargs):
@@ -75,14 +75,17 @@ def resnet18():
 @pytest.mark.filterwarnings("ignore:victim .* has RANDOM weights:UserWarning")
 @pytest.mark.parametrize("stem", CONFIG_NAMES)
 def test_every_victim_config_cuts_exactly(stem):
-    """Each conf/victim/*.yaml, built at 64 px, cuts at its configured point and at each stage boundary."""
-    cfg = compose([f"victim={stem}", f"victim.image_size={SIZE}", "victim.weights=null"])
+    """Each conf/victim/*.yaml, built at 64 px (or its own size, for the fixed-size networks of papers that
+    are smaller), cuts at its configured point and at each stage boundary."""
+    size = min(SIZE, int(compose([f"victim={stem}"]).victim.image_size))
+    cfg = compose([f"victim={stem}", f"victim.image_size={size}", "victim.weights=null"])
     assert cfg.victim.name and cfg.cut, f"conf/victim/{stem}.yaml must set victim.name and cut"
     with pytest.warns(UserWarning, match="RANDOM weights"):
         victim = instantiate(cfg.victim)
-    assert victim.image_size == SIZE and not victim.training
+    assert victim.image_size == size and not victim.training
+    channels = len(victim.mean)
 
-    points = describe_cut_points(victim, image_size=SIZE)
+    points = describe_cut_points(victim, image_size=size)
     assert [p.index for p in points] == list(range(len(points)))
     stages = stage_points(victim)
     index = {n: p.index for p in points for n in (p.name, *p.aliases)}  # stages may be aliases: blocks.11
@@ -93,7 +96,7 @@ def test_every_victim_config_cuts_exactly(stem):
     else:
         assert len(stages) >= 4, f"{stem}: a CNN has several resolutions: {stages}"
 
-    x = _images(SIZE)
+    x = _images(size, channels=channels)
     for point in [cfg.cut, *stages]:
         z = _assert_round_trip(victim, point, x)
         assert tuple(z.shape) == (2, *_shape_of(points, point)), point

@@ -197,10 +197,36 @@ def test_imagefolder_splits(tmp_path):
     _check_images(_stack(gray.eval_dataset())[0], 1, 16)
 
 
+def test_imagefolder_separate_eval_folder_and_eval_list(tmp_path):
+    _write_tree(tmp_path / "train")
+    _write_tree(tmp_path / "val", per_class=3)
+    dm = D.ImageFolderDataModule(root=tmp_path / "train", eval_root=tmp_path / "val", image_size=16, n_eval=4)
+    dm.setup()
+    assert len(dm.aux_dataset()) == 12 and len(dm.eval_dataset()) == 4  # every train image is auxiliary
+    eval_paths = [dm.samples[i][0] for i in dm.eval_ids]
+    assert all("/val/" in p for p in eval_paths) and all("/train/" in dm.samples[i][0] for i in dm.aux_ids)
+    assert [dm.samples[i][1] for i in dm.eval_ids] == [0 if "/cat/" in p else 1 for p in eval_paths]
+    assert dm.describe()["eval_root"] == str(tmp_path / "val")
+    with pytest.raises(SplitinvError, match=r"eval_root .* has 6 images, fewer than n_eval=7"):
+        D.ImageFolderDataModule(root=tmp_path / "train", eval_root=tmp_path / "val", n_eval=7).setup()
+    chosen = sorted(p.relative_to(tmp_path / "train") for p in (tmp_path / "train").rglob("*.png"))[:3]
+    listing = tmp_path / "eval.txt"
+    listing.write_text("# the images to invert\n" + "\n".join(map(str, chosen)) + "\n\n")
+    listed = D.ImageFolderDataModule(root=tmp_path / "train", eval_list=listing, image_size=16, n_eval=3)
+    listed.setup()
+    assert [Path(listed.samples[i][0]).relative_to(tmp_path / "train") for i in listed.eval_ids] == chosen
+    assert len(listed.aux_dataset()) == 9 and not set(listed.eval_ids) & set(listed.aux_ids)
+    listing.write_text("cat/nothing.png\n")
+    with pytest.raises(SplitinvError, match=r"eval.txt line 1: cat/nothing.png is not an image file"):
+        D.ImageFolderDataModule(root=tmp_path / "train", eval_list=listing, n_eval=1).setup()
+    with pytest.raises(SplitinvError, match="set one of data.eval_root"):
+        D.ImageFolderDataModule(root=tmp_path, eval_root=tmp_path, eval_list=listing)
+
+
 def test_imagefolder_flat_folder_is_unlabelled(tmp_path):
     for i in range(3):
         Image.new("RGB", (20, 20), (i * 80, 10, 10)).save(tmp_path / f"{i}.jpg")
-    dm = D.ImageFolderDataModule(root=tmp_path, image_size=8, n_eval=1)
+    dm = D.ImageFolderDataModule(root=tmp_path, image_size=12, n_eval=1)
     assert dm.num_classes == 0 and {y for _, y, _ in dm.aux_dataset()} == {-1}
 
 
@@ -276,16 +302,16 @@ def test_cifar10_missing(tmp_path, monkeypatch):
 
 
 def test_registry_and_argument_errors():
-    assert set(D.DATAMODULES) == {"photos", "imagefolder", "fashion_mnist", "cifar10"}
+    assert set(D.DATAMODULES) == {"photos", "imagefolder", "fashion_mnist", "mnist", "cifar10", "noise"}
     assert all(cls.NAME == name for name, cls in D.DATAMODULES.items())
     with pytest.raises(
         SplitinvError,
-        match=r"^unknown dataset 'fashion-mnist'\. Did you mean fashion_mnist\? Known: cifar10, fashion_",
+        match=r"^unknown dataset 'fashion-mnist'\. Did you mean fashion_mnist, mnist\? Known: cifar10, ",
     ) as info:
         D.build_datamodule("fashion-mnist")
     assert "\n" not in str(info.value)
     assert isinstance(D.build_datamodule("fashion_mnist", vendored=True), D.FashionMNISTDataModule)
-    with pytest.raises(SplitinvError, match="image_size must be an integer >= 8"):
+    with pytest.raises(SplitinvError, match="image_size must be an integer >= 11"):
         D.build_datamodule("photos", image_size=4)
     with pytest.raises(SplitinvError, match="channels must be 1 or 3"):
         D.build_datamodule("photos", channels=2)
@@ -319,7 +345,9 @@ def test_configs_instantiate(tmp_path):
 
     conf = Path(__file__).resolve().parents[1] / "conf" / "data"
     names = sorted(p.stem for p in conf.glob("*.yaml"))
-    assert names == ["cifar10", "fashion_mnist", "fashion_mnist_mini", "imagefolder", "photos"]
+    assert names == [
+        "cifar10", "fashion_mnist", "fashion_mnist_mini", "imagefolder", "mnist", "mnist_mini", "photos"
+    ]  # fmt: skip
     for name in names:
         cfg = OmegaConf.create(
             {"victim": {"image_size": 32}, "seed": 3, "data": OmegaConf.load(conf / f"{name}.yaml")}
@@ -328,7 +356,8 @@ def test_configs_instantiate(tmp_path):
             assert OmegaConf.is_missing(cfg.data, "root")
             cfg.data.root = str(tmp_path)
         dm = instantiate(cfg.data)
-        assert dm.image_size == 32 and dm.seed == 3 and dm.n_eval == 16 and dm.channels == 3
+        assert dm.image_size == 32 and dm.seed == 3 and dm.n_eval == 16
+        assert dm.channels == (1 if name.startswith("mnist") else 3)  # digits: He et al.'s 1-channel LeNet
         assert dm.name == name.replace("_mini", "")
     mini = instantiate(
         OmegaConf.create(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -34,10 +34,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from splitinv.attacks.base import AUX_DATA, Attack, AttackContext, AttackerKnowledge, Reconstruction
+from splitinv.attacks.base import (
+    AUX_DATA,
+    Attack,
+    AttackContext,
+    AttackerKnowledge,
+    Reconstruction,
+    check_choice,
+    check_number,
+)
 from splitinv.attacks.priors import BNStatsPrior, alpha_norm, random_flip, random_jitter, total_variation
 from splitinv.errors import SplitinvError
 from splitinv.optim import image_generator
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DEPTH_THRESHOLD",
@@ -53,8 +63,9 @@ FEATURE_LOSSES = ("mse", "cosine", "nmse")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "cosine", "step")
 SCHEDULES = ("auto", "shallow", "deep")
-PARAMS = ("clamp", "sigmoid")
-INITS = ("constant", "noise")
+PARAMS = ("clamp", "sigmoid", "normalized")
+INITS = ("constant", "noise", "mean")
+PRIOR_REDUCTIONS = ("sum", "mean")
 # ``schedule: auto`` calls a cut shallow below this relative depth (cut index / (number of cut points - 1)).
 # He et al.'s shallow cuts sit at 1/6 (CIFAR conv11) and 1/5 (LeNet conv1) of their networks, their deep
 # ones at 2/5 (LeNet ReLU2) and beyond (CIFAR ReLU22 at 4/6): 0.4 separates them. On ResNet-18, layer1
@@ -62,22 +73,31 @@ INITS = ("constant", "noise")
 DEPTH_THRESHOLD = 0.4
 PAPER_SCHEDULES = {"shallow": {"lr": 1e-2, "steps": 500}, "deep": {"lr": 1e-3, "steps": 5000}}
 
+# ``attack.preset=he2019``: the public code's settings (zechenghe/Inverse_Collaborative_Inference,
+# inverse_whitebox_*.py), which differ from the paper's text: the normalised image is optimised from 0 (the
+# mean image), unconstrained, and clipped to [0, 1] at the end; TV is the mean squared neighbour difference
+# and the L2 term the mean square, both of the normalised image; Adam lr 1e-2 (normalised units), eps 1e-3,
+# AMSGrad; 500 iterations at the paper's shallow cuts, 5000 at its deep ones. Weights per (victim, cut): TV 1
+# (the code's default) and no L2 term (the paper's objective has none; the code's MNIST script defaults to
+# lambda_l2 = 1, which costs about 7 dB at LeNet conv1), and its README commands for CIFAR (L2 0; TV 0 / 10 /
+# 1000 at conv11 / ReLU22 / ReLU32). The L2 term is alpha_weight with alpha 2 and prior_reduction mean.
+HE2019_SETTINGS: dict[str, Any] = {
+    "param": "normalized", "optimizer": "adam", "eps": 1e-3, "amsgrad": True, "betas": (0.9, 0.999),
+    "weight_decay": 0.0, "lr_schedule": "constant", "feature_loss": "mse", "feature_weight": 1.0,
+    "tv_beta": 2.0, "alpha": 2.0, "prior_reduction": "mean", "bn_weight": 0.0, "jitter": 0, "flip": False,
+    "tv_weight": 1.0, "alpha_weight": 0.0,
+}  # fmt: skip
+HE2019_WEIGHTS: dict[tuple[str, str], dict[str, float]] = {
+    ("he2019_cifar", "conv11"): {"tv_weight": 0.0, "alpha_weight": 0.0},
+    ("he2019_cifar", "ReLU22"): {"tv_weight": 10.0, "alpha_weight": 0.0},
+    ("he2019_cifar", "ReLU32"): {"tv_weight": 1000.0, "alpha_weight": 0.0},
+}
+HE2019_SCHEDULES = {"shallow": {"lr": 1e-2, "steps": 500}, "deep": {"lr": 1e-2, "steps": 5000}}
+PRESETS = ("he2019",)
 
-def _choice(name: str, value: Any, valid: Sequence[str]) -> str:
-    if value not in valid:
-        raise SplitinvError(f"unknown attack.{name} {value!r}: choose one of {', '.join(valid)}.")
-    return str(value)
 
-
-def _number(name: str, value: Any, minimum: float = 0.0, strict: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise SplitinvError(f"attack.{name} must be a number, got {value!r}.") from None
-    if not math.isfinite(v) or v < minimum or (strict and v == minimum):
-        op = ">" if strict else ">="
-        raise SplitinvError(f"attack.{name} must be a finite number {op} {minimum}, got {value!r}.")
-    return v
+# one validation for every attack's settings (splitinv.attacks.base)
+_choice, _number = check_choice, check_number
 
 
 def feature_loss(f_hat: Tensor, f: Tensor, kind: str = "mse") -> Tensor:
@@ -112,6 +132,7 @@ class OptimizeSettings:
     flip: bool = False
     optimizer: str = "adam"
     betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
     amsgrad: bool = False
     momentum: float = 0.9
     nesterov: bool = False
@@ -120,6 +141,7 @@ class OptimizeSettings:
     lr_step_every: int = 0
     lr_gamma: float = 0.1
     param: str = "clamp"
+    prior_reduction: str = "sum"
     check_every: int = 50
     eot_samples: int = 1
 
@@ -130,6 +152,8 @@ class OptimizeSettings:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("param", self.param, PARAMS)
+        _choice("prior_reduction", self.prior_reduction, PRIOR_REDUCTIONS)
+        self.eps = _number("eps", self.eps, 0.0, strict=True)
         for name in ("feature_weight", "tv_weight", "alpha_weight", "bn_weight", "weight_decay", "momentum"):
             setattr(self, name, _number(name, getattr(self, name)))
         self.tv_beta = _number("tv_beta", self.tv_beta, 0.0, strict=True)
@@ -163,11 +187,11 @@ class OptimizeSettings:
 def _make_optimizer(params: list[Tensor], s: OptimizeSettings) -> torch.optim.Optimizer:
     if s.optimizer == "adam":
         return torch.optim.Adam(
-            params, lr=s.lr, betas=s.betas, amsgrad=s.amsgrad, weight_decay=s.weight_decay
+            params, lr=s.lr, betas=s.betas, eps=s.eps, amsgrad=s.amsgrad, weight_decay=s.weight_decay
         )
     if s.optimizer == "adamw":
         return torch.optim.AdamW(
-            params, lr=s.lr, betas=s.betas, amsgrad=s.amsgrad, weight_decay=s.weight_decay
+            params, lr=s.lr, betas=s.betas, eps=s.eps, amsgrad=s.amsgrad, weight_decay=s.weight_decay
         )
     return torch.optim.SGD(
         params, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay
@@ -204,13 +228,23 @@ def optimize(
     *,
     progress: bool = False,
     name: str = "optimize",
+    normalization: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Optimise the images ``x0`` (B, C, H, W) in [0, 1] so that ``head(x)`` matches ``target``.
 
     Returns (reconstructions in [0, 1], final per-image loss). ``generators`` (one per image) drive jitter
-    and flips. Raises a one-line :class:`SplitinvError` when the loss becomes NaN or inf.
+    and flips. ``normalization`` (mean, std), each (1, C, 1, 1): the victim's, needed by
+    ``param: normalized``, which optimises ``z = (x - mean) / std`` unconstrained (the priors act on z) and
+    clips ``x`` to [0, 1] only at the end. Raises a one-line :class:`SplitinvError` when the loss becomes NaN
+    or inf.
     """
     s = settings
+    if s.param == "normalized" and normalization is None:
+        raise SplitinvError(
+            "attack.param=normalized needs the victim's normalisation (mean, std): use a splitinv Victim "
+            "or attack.param=clamp."
+        )
+    mean, std = (t.to(x0.device).float() for t in normalization) if normalization is not None else (0.0, 1.0)
     target = target.detach().float()
     if x0.shape[0] != target.shape[0]:
         raise SplitinvError(
@@ -220,8 +254,16 @@ def optimize(
         start = x0.detach().float().clamp(0, 1)
         if s.param == "sigmoid":
             z = torch.logit(start.clamp(1e-3, 1 - 1e-3))
+        elif s.param == "normalized":
+            z = (start - mean) / std
         else:
             z = start.clone()
+
+    def image(z: Tensor) -> Tensor:
+        if s.param == "sigmoid":
+            return torch.sigmoid(z)
+        return mean + std * z if s.param == "normalized" else z
+
     z.requires_grad_(True)
     opt = _make_optimizer([z], s)
     sched = _make_scheduler(opt, s)
@@ -242,7 +284,7 @@ def optimize(
         with torch.enable_grad(), prior if s.bn_weight > 0 else contextlib.nullcontext():
             bar = tqdm(range(s.steps), desc=name, leave=False, disable=not progress)
             for step in bar:
-                x = torch.sigmoid(z) if s.param == "sigmoid" else z
+                x = image(z)
                 x_in = x
                 if augment:
                     x_in = random_jitter(x_in, s.jitter, generators) if s.jitter > 0 else x_in
@@ -250,10 +292,13 @@ def optimize(
                 loss = s.feature_weight * expected_feature_loss(
                     head, x_in, target, s.feature_loss, s.eot_samples
                 )
+                # the priors: of the normalised image where it is optimised (He et al.'s code), else of x
+                prior_x, centred = (z, z) if s.param == "normalized" else (x, x - 0.5)
                 if s.tv_weight > 0:
-                    loss = loss + s.tv_weight * total_variation(x, s.tv_beta)
+                    tv = total_variation(prior_x, s.tv_beta, reduction=s.prior_reduction)
+                    loss = loss + s.tv_weight * tv
                 if s.alpha_weight > 0:
-                    loss = loss + s.alpha_weight * alpha_norm(x - 0.5, s.alpha)
+                    loss = loss + s.alpha_weight * alpha_norm(centred, s.alpha, reduction=s.prior_reduction)
                 total = loss.sum()
                 if s.bn_weight > 0:
                     bn = prior.loss()
@@ -280,14 +325,13 @@ def optimize(
                             "or check the head's activations for inf/NaN."
                         )
                     if progress:
-                        bar.set_postfix(loss=float(total) / target.shape[0])
+                        bar.set_postfix(loss=float(total.detach()) / target.shape[0])
                 per_image = loss.detach()
     finally:
         for p, r in zip(params, was_requiring, strict=True):
             p.requires_grad_(r)
     with torch.no_grad():
-        x = torch.sigmoid(z) if s.param == "sigmoid" else z
-        return x.detach().clamp(0, 1), per_image.float()
+        return image(z).detach().clamp(0, 1), per_image.float()
 
 
 class OptimizationAttack(Attack):
@@ -317,9 +361,11 @@ class OptimizationAttack(Attack):
         steps: int | None = None,
         progress: bool = True,
         defense_aware: bool = True,
+        preset: str | None = None,
         **settings: Any,
     ) -> None:
         self.name = str(name)
+        self.preset = None if preset in (None, "none", "null") else _choice("preset", preset, PRESETS)
         self.seed = int(seed)
         if access != "white-box":
             raise SplitinvError(
@@ -349,7 +395,7 @@ class OptimizationAttack(Attack):
         if unknown:
             raise SplitinvError(
                 f"unknown setting attack.{unknown[0]} for {self.name}: valid settings are "
-                f"{', '.join(sorted(known | {'lr', 'steps', 'schedule', 'init', 'seed'}))}."
+                f"{', '.join(sorted(known | {'lr', 'steps', 'schedule', 'init', 'seed', 'preset'}))}."
             )
         settings = {k: (tuple(v) if k == "betas" else v) for k, v in settings.items()}
         # validate now (one-line errors at instantiation), with the shallow pair as placeholder schedule
@@ -361,6 +407,8 @@ class OptimizationAttack(Attack):
         self.eot_samples = self.settings.eot_samples  # used only against a stochastic defense (see fit)
         self._resolved: str | None = None
         self.cut_info: dict[str, Any] = {}
+        self.schedule_reason: str | None = None
+        self.normalization: tuple[Tensor, Tensor] | None = None  # the victim's (mean, std), from fit
         self.client: nn.Module | None = None  # what observe() runs: the head, then the defense
         self.calls = 0  # optimisation batches run (tests count re-attacks)
         self.images_attacked = 0
@@ -375,9 +423,13 @@ class OptimizationAttack(Attack):
     def resolve_schedule(self) -> str:
         """Fix lr and steps: explicit values win; else the shallow or deep pair (``auto``: by cut depth)."""
         kind = self.schedule
+        self.schedule_reason = "set"
         if kind == "auto":
+            paper = (self.cut_info or {}).get("paper_depth")
             if self.lr is not None and self.steps is not None:
-                kind = "explicit"
+                kind, self.schedule_reason = "explicit", "lr and steps set"
+            elif paper in ("shallow", "deep"):  # the victim's paper names this cut (splitinv.nets)
+                kind, self.schedule_reason = paper, "the paper's name for this cut"
             elif self.relative_depth is None:
                 raise SplitinvError(
                     "attack.schedule=auto needs the cut's relative depth (splitinv-run provides it): "
@@ -385,7 +437,16 @@ class OptimizationAttack(Attack):
                 )
             else:
                 kind = "shallow" if self.relative_depth < self.depth_threshold else "deep"
+                self.schedule_reason = f"relative depth {self.relative_depth:.2f} vs {self.depth_threshold}"
         pair = self.schedules.get(kind, {})
+        if (self.lr is None) != (self.steps is None) and kind in self.schedules:  # one of the two overridden
+            kept = f"lr {pair['lr']:g}" if self.lr is None else f"{pair['steps']} steps"
+            given = f"steps={self.steps}" if self.lr is None else f"lr={self.lr:g}"
+            log.warning(
+                "%s: attack.%s overrides the %s schedule, which still gives %s: set attack.%s to change it",
+                self.name, given, kind, kept, "lr" if self.lr is None else "steps",
+            )  # fmt: skip
+            self.schedule_reason = f"{self.schedule_reason}; {given} with the {kind} schedule's {kept}"
         self.settings.lr = _number("lr", self.lr if self.lr is not None else pair["lr"], 0.0, strict=True)
         self.settings.steps = int(
             _number("steps", self.steps if self.steps is not None else pair["steps"], 1)
@@ -409,13 +470,34 @@ class OptimizationAttack(Attack):
         self.settings.eot_samples = self.eot_samples if the_split.defense.stochastic else 1
         self.image_shape = tuple(context.image_shape)
         self.cut_info = dict(context.cut)
+        norm = getattr(context.victim, "normalize", None)
+        if norm is not None and hasattr(norm, "mean"):
+            self.normalization = (norm.mean.detach().cpu(), norm.std.detach().cpu())
+        if self.preset is not None:
+            self._apply_preset(context)
         self.resolve_schedule()
         return {}
+
+    def _apply_preset(self, context: AttackContext) -> None:
+        """Replace the loss, optimiser and schedule settings with the preset's for this victim and cut
+        (``attack.lr`` / ``attack.steps`` still win: they override any schedule)."""
+        victim = str(getattr(context.victim, "name", ""))
+        cut = str(self.cut_info.get("canonical") or self.cut_info.get("name") or "")
+        values = {**HE2019_SETTINGS, **HE2019_WEIGHTS.get((victim, cut), {})}
+        current = self.settings.as_dict()
+        current.update(values, betas=tuple(values["betas"]), steps=self.settings.steps, lr=self.settings.lr)
+        self.settings = OptimizeSettings(**current)
+        self.schedules = {k: dict(v) for k, v in HE2019_SCHEDULES.items()}
+        self.init = "mean"
 
     def _initial(
         self, features: Tensor, index: Tensor, shape: tuple[int, ...], device: torch.device
     ) -> Tensor:
         """The start images: constant ``init_value``, or that plus seeded Gaussian noise (``init: noise``)."""
+        if self.init == "mean":  # the victim's mean image: 0 in its normalised units (He et al.'s code)
+            if self.normalization is None:
+                raise SplitinvError("attack.init=mean needs a splitinv Victim (its normalisation mean).")
+            return self.normalization[0].to(device).float().expand(shape).clone()
         x0 = torch.full(shape, self.init_value, device=device)
         if self.init == "noise":
             noise = torch.stack(
@@ -445,8 +527,9 @@ class OptimizationAttack(Attack):
         head.eval()
         try:
             x_hat, losses = optimize(
-                head, features, x0, self.settings, gens, progress=self.progress, name=self.name
-            )
+                head, features, x0, self.settings, gens, progress=self.progress, name=self.name,
+                normalization=self.normalization,
+            )  # fmt: skip
         finally:
             head.train(was_training)
         self.calls += 1
@@ -467,8 +550,10 @@ class OptimizationAttack(Attack):
             "seed": self.seed,
             "init": self.init,
             "init_value": self.init_value,
+            "preset": self.preset,
             "schedule": self.schedule,
             "schedule_used": self._resolved,
+            "schedule_reason": self.schedule_reason,
             "depth_threshold": self.depth_threshold,
             "relative_depth": self.relative_depth,
             **self.settings.as_dict(),

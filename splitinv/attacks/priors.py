@@ -31,36 +31,52 @@ def _check_images(x: Tensor, name: str) -> None:
         raise SplitinvError(f"{name} expects images of shape (B, C, H, W), got {shape}.")
 
 
-def total_variation(x: Tensor, beta: float = 1.0, eps: float = 1e-8) -> Tensor:
-    """Per-image TV^beta: ``sum_{c,i,j} ((x[i+1,j]-x[i,j])^2 + (x[i,j+1]-x[i,j])^2 + eps)^(beta/2)``.
+def _power(sq: Tensor, beta: float, eps: float) -> Tensor:
+    """``sq^(beta/2)``, with ``eps`` added for beta < 2 so the gradient stays finite where ``sq`` is 0."""
+    if beta == 2.0:
+        return sq
+    floor = torch.tensor(eps, dtype=sq.dtype, device=sq.device).pow(beta / 2)  # same rounding as below
+    return (sq + eps).pow(beta / 2) - floor  # exactly 0 where sq is 0
 
-    Mahendran & Vedaldi's TV^beta (their public ports use beta = 2); beta = 1 is isotropic TV (He et al.).
-    ``eps`` (added only for beta < 2) keeps the gradient finite on flat images such as rMLE's constant start.
-    Returns a tensor of shape (B,).
+
+def total_variation(x: Tensor, beta: float = 1.0, eps: float = 1e-8, reduction: str = "sum") -> Tensor:
+    """Per-image TV^beta, shape (B,).
+
+    ``reduction="sum"``: ``sum_{c,i,j} ((x[i+1,j]-x[i,j])^2 + (x[i,j+1]-x[i,j])^2 + eps)^(beta/2)``,
+    Mahendran & Vedaldi's TV^beta (their public ports use beta = 2); beta = 1 is isotropic TV.
+    ``reduction="mean"``: ``mean |x[i+1,j]-x[i,j]|^beta + mean |x[i,j+1]-x[i,j]|^beta``, each mean over its
+    own differences: with beta = 2, the TV of He et al.'s public code. ``eps`` (added only for beta < 2) keeps
+    the gradient finite on flat images such as rMLE's constant start.
     """
     _check_images(x, "total_variation")
     if beta <= 0:
         raise SplitinvError(f"total_variation needs beta > 0, got {beta}.")
+    if reduction == "mean":
+        dh = x[:, :, 1:, :] - x[:, :, :-1, :]
+        dw = x[:, :, :, 1:] - x[:, :, :, :-1]
+        return _power(dh.pow(2), beta, eps).flatten(1).mean(1) + _power(dw.pow(2), beta, eps).flatten(1).mean(
+            1
+        )
+    if reduction != "sum":
+        raise SplitinvError(f"total_variation reduction must be sum or mean, got {reduction!r}.")
     dh = x[:, :, 1:, :-1] - x[:, :, :-1, :-1]
     dw = x[:, :, :-1, 1:] - x[:, :, :-1, :-1]
-    sq = dh.pow(2) + dw.pow(2)
-    if beta == 2.0:
-        tv = sq
-    else:
-        floor = torch.tensor(eps, dtype=sq.dtype, device=sq.device).pow(beta / 2)  # same rounding as below
-        tv = (sq + eps).pow(beta / 2) - floor  # exactly 0 on a flat image
-    return tv.flatten(1).sum(1)
+    return _power(dh.pow(2) + dw.pow(2), beta, eps).flatten(1).sum(1)
 
 
-def alpha_norm(x: Tensor, alpha: float = 6.0) -> Tensor:
-    """Per-image alpha-norm prior ``sum |x|^alpha`` (Mahendran & Vedaldi, alpha = 6); shape (B,).
+def alpha_norm(x: Tensor, alpha: float = 6.0, reduction: str = "sum") -> Tensor:
+    """Per-image alpha-norm prior ``sum |x|^alpha`` (Mahendran & Vedaldi, alpha = 6), or its mean over the
+    pixels (``reduction="mean"``; alpha = 2: the L2 term of He et al.'s code); shape (B,).
 
     Apply it to a centred image (the optimisation attacks pass ``x - 0.5``) so it bounds the pixel range.
     """
     _check_images(x, "alpha_norm")
     if alpha <= 0:
         raise SplitinvError(f"alpha_norm needs alpha > 0, got {alpha}.")
-    return x.abs().pow(alpha).flatten(1).sum(1)
+    if reduction not in ("sum", "mean"):
+        raise SplitinvError(f"alpha_norm reduction must be sum or mean, got {reduction!r}.")
+    values = x.abs().pow(alpha).flatten(1)
+    return values.mean(1) if reduction == "mean" else values.sum(1)
 
 
 def _generators(generator: Generators, batch: int) -> list[torch.Generator | None] | None:

@@ -8,7 +8,7 @@ import importlib.resources
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -50,6 +50,13 @@ class FashionMNISTDataModule(_SplitDataModule):
     """
 
     NAME = "fashion_mnist"
+    # what differs between Fashion-MNIST and MNIST (splitinv.data.mnist subclasses this): torchvision's class,
+    # the vendored subset, the class names, a Debian copy and how to get the files
+    TORCHVISION_CLASS = "FashionMNIST"
+    VENDORED = VENDORED_FASHION_MNIST
+    CLASSES: ClassVar[list[str]] = _FASHION_CLASSES
+    DEBIAN: Path | None = DEBIAN_FASHION_MNIST
+    MINI_CONFIG = "fashion_mnist_mini"
 
     def __init__(
         self,
@@ -72,20 +79,20 @@ class FashionMNISTDataModule(_SplitDataModule):
 
     @property
     def root(self) -> str:
-        return f"package:splitinv/{VENDORED_FASHION_MNIST}" if self.vendored else str(self._root)
+        return f"package:splitinv/{self.VENDORED}" if self.vendored else str(self._root)
 
     @property
     def raw_folder(self) -> Path:
-        return self._root / "FashionMNIST" / "raw"
+        return self._root / self.TORCHVISION_CLASS / "raw"
 
     def _ensure_files(self) -> None:
         if self.vendored:
             return
         raw = self.raw_folder
         missing = [f for f in _FASHION_FILES if not (raw / f).is_file()]
+        places = [raw] + ([self.DEBIAN] if self.DEBIAN is not None else [])
         sources = {
-            f: next((p for p in (raw / f"{f}.gz", DEBIAN_FASHION_MNIST / f"{f}.gz") if p.is_file()), None)
-            for f in missing
+            f: next((p / f"{f}.gz" for p in places if (p / f"{f}.gz").is_file()), None) for f in missing
         }
         if missing and all(sources.values()):
             raw.mkdir(parents=True, exist_ok=True)
@@ -97,25 +104,32 @@ class FashionMNISTDataModule(_SplitDataModule):
             return
         if not missing:
             return
+        debian = "apt install dataset-fashion-mnist, or " if self.DEBIAN is not None else ""
         hint = (
-            f"apt install dataset-fashion-mnist, or place {', '.join(_FASHION_FILES)} "
-            f"(or their .gz) in {raw}, or use vendored=True (data=fashion_mnist_mini)"
+            f"{debian}place {', '.join(_FASHION_FILES)} (or their .gz) in {raw}, or use vendored=True "
+            f"(data={self.MINI_CONFIG})"
         )
+        what = self.TORCHVISION_CLASS
         if not self.download:
-            raise SplitinvError(f"Fashion-MNIST not found in {raw} and download=False: {hint}")
-        from torchvision.datasets import FashionMNIST
-
+            raise SplitinvError(f"{what} not found in {raw} and download=False: {hint}")
         try:
-            FashionMNIST(str(self._root), train=True, download=True)
+            self._torchvision(train=True, download=True)
         except Exception as exc:  # any download failure: one actionable message
             raise SplitinvError(
-                f"Fashion-MNIST not found in {raw} and download failed ({_one_line(exc)}): {hint}"
+                f"{what} not found in {raw} and download failed ({_one_line(exc)}): {hint}"
             ) from exc
 
+    def _torchvision(self, train: bool, download: bool) -> Any:
+        import torchvision.datasets
+
+        return getattr(torchvision.datasets, self.TORCHVISION_CLASS)(
+            str(self._root), train=train, download=download
+        )
+
     def _load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        self.classes = list(_FASHION_CLASSES)
+        self.classes = list(self.CLASSES)
         if self.vendored:
-            resource = importlib.resources.files("splitinv").joinpath(VENDORED_FASHION_MNIST)
+            resource = importlib.resources.files("splitinv").joinpath(self.VENDORED)
             try:
                 with resource.open("rb") as f, np.load(f) as z:
                     arrays = {
@@ -124,7 +138,7 @@ class FashionMNISTDataModule(_SplitDataModule):
                     }
             except (FileNotFoundError, KeyError) as exc:
                 raise SplitinvError(
-                    f"the vendored Fashion-MNIST subset splitinv/{VENDORED_FASHION_MNIST} is "
+                    f"the vendored {self.TORCHVISION_CLASS} subset splitinv/{self.VENDORED} is "
                     f"missing or broken ({_one_line(exc)}): reinstall splitinv"
                 ) from exc
             return (
@@ -134,11 +148,9 @@ class FashionMNISTDataModule(_SplitDataModule):
                 arrays["y_test"],
             )
         self._ensure_files()
-        from torchvision.datasets import FashionMNIST
-
         out = []
         for train in (True, False):
-            ds = FashionMNIST(str(self._root), train=train, download=False)
+            ds = self._torchvision(train=train, download=False)
             out += [ds.data[:, None], ds.targets]
         return out[0], out[1], out[2], out[3]
 
