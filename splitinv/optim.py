@@ -37,11 +37,13 @@ def optimize_state(
     *,
     progress: bool = False,
     name: str = "search",
+    check_every: int = 50,
 ) -> tuple[State, Tensor]:
     """Adam on the tensors ``keys`` of ``state0`` (default: all) to minimise ``objective``'s per-sample loss.
 
     Returns the state with each sample's best values seen and that best loss (B,). Raises a one-line
-    :class:`SplitinvError` when the loss becomes NaN or inf.
+    :class:`SplitinvError` when the loss becomes NaN or inf, checked on the host every ``check_every`` steps
+    and at the last (finiteness is accumulated on the device: no host sync per step).
     """
     keys = list(keys or state0)
     free = {k: v.detach().clone().float().requires_grad_(k in keys) for k, v in state0.items()}
@@ -49,12 +51,14 @@ def optimize_state(
     best = {k: v.detach().clone() for k, v in free.items()}
     first = next(iter(free.values()))
     best_loss = torch.full((first.shape[0],), float("inf"), device=first.device)
+    finite = torch.ones((), dtype=torch.bool, device=first.device)
     with torch.enable_grad():
         for step in tqdm(range(steps), desc=name, leave=False, disable=not progress):
             loss = objective(free)
-            if not bool(torch.isfinite(loss).all()):
+            finite = finite & torch.isfinite(loss.detach()).all()
+            if (step == 0 or (step + 1) % check_every == 0 or step + 1 == steps) and not bool(finite):
                 raise SplitinvError(
-                    f"{name} loss became nan/inf at step {step + 1}: lower the learning rate (now {lr})."
+                    f"{name} loss became nan/inf by step {step + 1}: lower the learning rate (now {lr})."
                 )
             with torch.no_grad():  # the loss at this step belongs to the state before the update
                 better = loss.detach() < best_loss

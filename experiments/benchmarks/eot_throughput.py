@@ -7,6 +7,7 @@ each side is warmed up first, and the medians and spreads over rounds are printe
 ratios last:
 
     python experiments/benchmarks/eot_throughput.py --size 32 --images 8 --steps 30 --samples 4 --rounds 5
+    python experiments/benchmarks/eot_throughput.py --device cuda --size 224 --precision bf16-mixed
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 import warnings
 
 import torch
+from _common import autocast, synchronize
 from torch import nn
 
 from splitinv.attacks.optimize import OptimizeSettings, feature_loss, optimize
@@ -42,12 +44,24 @@ def _looped_loss(model: Looped, x: torch.Tensor, target: torch.Tensor) -> torch.
 
 
 def images_per_s(
-    side: str, the_split, x: torch.Tensor, target: torch.Tensor, steps: int, samples: int
-) -> float:
+    side: str, the_split, x: torch.Tensor, target: torch.Tensor, steps: int, samples: int,
+    device: str = "cpu", precision: str = "32-true",
+) -> float:  # fmt: skip
     settings = OptimizeSettings(
         steps=steps, lr=0.01, tv_weight=1e-4, eot_samples=samples if side == "eot" else 1
     )
+    synchronize(device)
     start = time.perf_counter()
+    with autocast(device, precision):
+        _run(side, the_split, x, target, steps, samples, settings)
+    synchronize(device)
+    return x.shape[0] / (time.perf_counter() - start)
+
+
+def _run(
+    side: str, the_split, x: torch.Tensor, target: torch.Tensor, steps: int, samples: int,
+    settings: OptimizeSettings,
+) -> None:  # fmt: skip
     if side == "looped":
         z = torch.full_like(x, 0.5).requires_grad_(True)
         opt = torch.optim.Adam([z], lr=0.01)
@@ -62,7 +76,6 @@ def images_per_s(
     else:
         client = the_split.client if side == "eot" else the_split.undefended().client
         optimize(client, target, torch.full_like(x, 0.5), settings)
-    return x.shape[0] / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -73,26 +86,34 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--samples", type=int, default=4, help="EOT draws per step")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="32-true", help="32-true or bf16-mixed (autocast)")
     args = parser.parse_args()
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights: speed does not depend on them
         victim = build_victim("resnet18", image_size=args.size, num_classes=10).eval()
-    the_split = split(victim, args.cut, GaussianNoise(scale=0.5, relative=True))
+    the_split = split(victim, args.cut, GaussianNoise(scale=0.5, relative=True)).to(args.device)
     x = torch.rand(args.images, 3, args.size, args.size, generator=torch.Generator().manual_seed(1))
+    x = x.to(args.device)
     with torch.no_grad():
         target = the_split.observe(x)
     sides = ["plain", "eot", "looped"]
     for side in sides:  # warm-up: first calls allocate and pick kernels
-        images_per_s(side, the_split, x, target, 2, args.samples)
+        images_per_s(side, the_split, x, target, 2, args.samples, args.device, args.precision)
     runs: dict[str, list[float]] = {s: [] for s in sides}
     for r in range(args.rounds):
         for side in sides if r % 2 == 0 else sides[::-1]:
-            runs[side].append(images_per_s(side, the_split, x, target, args.steps, args.samples))
+            runs[side].append(
+                images_per_s(
+                    side, the_split, x, target, args.steps, args.samples, args.device, args.precision
+                )
+            )
     load = os.getloadavg()
     print(
         f"resnet18 @ {args.cut}, {args.size} px, {args.images} images x {args.steps} steps, EOT "
-        f"{args.samples} draws, {torch.get_num_threads()} threads, load {load[0]:.2f} {load[1]:.2f}"
+        f"{args.samples} draws, {args.rounds} rounds, {args.device}, {args.precision}, "
+        f"{torch.get_num_threads()} threads, load {load[0]:.2f} {load[1]:.2f}"
     )
     for side, label in zip(sides, ("no defense", "EOT batched", "EOT looped"), strict=True):
         values = runs[side]

@@ -11,6 +11,7 @@ Target: both help commands under 2 s (they import neither torch, timm, Lightning
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -45,11 +46,15 @@ def main() -> None:
     for command in todo.values():  # warm the file cache; fail early on a broken command
         timed(command)
     times: dict[str, list[float]] = {name: [] for name in todo}
-    for _ in range(args.runs):
-        for name, command in todo.items():  # alternate, so that load on a shared machine hits all alike
-            times[name].append(timed(command))
+    names = list(todo)
+    for r in range(args.runs):  # alternate, so that load on a shared machine hits all alike
+        for name in names if r % 2 == 0 else names[::-1]:  # and no command always runs first
+            times[name].append(timed(todo[name]))
     width = max(len(name) for name in todo)
-    print(f"median of {args.runs} runs each, seconds (min-max)")
+    load = os.getloadavg()
+    print(
+        f"median of {args.runs} runs each, seconds (min-max); load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
     for name, values in times.items():
         print(f"{name:<{width}}  {statistics.median(values):.3f}  ({min(values):.3f}-{max(values):.3f})")
     slowest = max(statistics.median(times[n]) for n in ("splitinv --help", "splitinv layers --help"))

@@ -40,6 +40,7 @@ from splitinv.io import save_atomic
 from splitinv.split import Split, split
 from splitinv.task import hydra_command
 from splitinv.train_victim import ClassifierModule
+from splitinv.training import monitor
 from splitinv.victims import Victim, check_image_size, is_random_weights
 
 log = logging.getLogger(__name__)
@@ -83,27 +84,23 @@ class DefenseModule(ClassifierModule):
             opts[1].zero_grad()
             self.manual_backward(adversary_loss)
             opts[1].step()
-            self.log("train/adversary", adversary_loss.detach(), prog_bar=True, batch_size=n)
         logits = the_split.serve(defense(h))
         ce = F.cross_entropy(logits, y)
         terms = defense.training_loss(x, h, self.adversary) if is_trained(defense) else {}
         loss = ce + sum(terms.values())
-        if not torch.isfinite(loss):
-            raise SplitinvError(
-                f"defense fine-tuning loss became {loss.item()} (cross-entropy {ce.item():.4g}): lower "
-                f"optim.lr (now {self.lr}) or the defense's weight."
-            )
         opts[0].zero_grad()
         self.manual_backward(loss)
         opts[0].step()
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=n)
-        self.log("train/ce", ce.detach(), batch_size=n)
-        for key, value in terms.items():
-            self.log(f"train/{key}", value.detach(), batch_size=n)
-        self.log("train/acc", (logits.argmax(1) == y).float().mean(), prog_bar=True, batch_size=n)
+        values = {"loss": loss, "ce": ce, **terms, "acc": (logits.argmax(1) == y).float().mean()}
+        if self.adversary is not None:
+            values["adversary"] = adversary_loss
+        # checked and logged every CHECK_EVERY steps (and at each epoch's end): no host sync per step
+        hint = f"lower optim.lr (now {self.lr}) or the defense's weight."
+        watch = monitor(self, "defense fine-tuning loss", hint, prog_bar=("loss", "acc", "adversary"))
+        watch.update(values, self, batch_idx=batch_idx, batch_size=n)
         return loss.detach()
 
     def configure_optimizers(self) -> Any:

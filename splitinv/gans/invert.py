@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator, State
 from splitinv.optim import fit_image, image_generator, optimize_state
+from splitinv.training import monitor
 
 METHODS = ("encoder", "optimize", "hybrid")
 
@@ -108,7 +109,10 @@ class EncoderModule(L.LightningModule):
         pred = self.encoder(x)
         loss = sum(F.mse_loss(pred[k], v) / v.var().clamp_min(1e-8) for k, v in state.items())
         loss = loss + F.l1_loss(self.generator.tail(pred, self.point), x)
-        self.log("train/loss", loss, prog_bar=True, batch_size=self.batch_size)
+        # checked and logged every CHECK_EVERY steps (and at the end): no host sync per step
+        monitor(self, "encoder loss", f"lower the encoder's lr (now {self.lr}).").update(
+            {"loss": loss}, self, batch_idx=batch_idx, batch_size=self.batch_size
+        )
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

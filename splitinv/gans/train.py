@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from splitinv.config import instantiate
-from splitinv.errors import SplitinvError
 from splitinv.gans.dcgan import GAN_FORMAT, DCGANDiscriminator, DCGANGenerator
 from splitinv.io import save_atomic
 from splitinv.task import hydra_command
+from splitinv.training import monitor
 
 log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "gan.pt"
@@ -61,11 +61,9 @@ class GANModule(L.LightningModule):
         opt_g.zero_grad()
         self.manual_backward(loss_g)
         opt_g.step()
-        if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
-            raise SplitinvError(
-                f"GAN losses became D {loss_d.item()}, G {loss_g.item()}: lower lr ({self.lr})."
-            )
-        self.log_dict({"train/loss_d": loss_d, "train/loss_g": loss_g}, prog_bar=True, batch_size=len(real))
+        # checked and logged every CHECK_EVERY steps (and at each epoch's end): no host sync per step
+        watch = monitor(self, "GAN loss", f"lower lr ({self.lr}).", prog_bar=("loss_d", "loss_g"))
+        watch.update({"loss_d": loss_d, "loss_g": loss_g}, self, batch_idx=batch_idx, batch_size=len(real))
 
     def configure_optimizers(self) -> Any:
         return (

@@ -1,0 +1,293 @@
+"""What every training loop shares: NaN/inf checks and loss logging without a host sync per step, the
+precision setting (``auto``: bf16 where the hardware has it) and the trainer factory the configs build.
+
+- :class:`LossMonitor`: a loop's loss terms stay on the device; whether they stayed finite (and the first
+  step where one did not) is accumulated there, and copied to the host once on the first step, every
+  :data:`CHECK_EVERY` steps and at the end of each epoch, as the optimisation attacks do
+  (``attack.check_every``). A NaN is still caught, named by the step where it appeared, in one line.
+- :func:`resolve_precision`: ``auto`` is ``bf16-mixed`` on a CUDA GPU with bf16 and on a CPU with AMX tiles,
+  ``32-true`` elsewhere; any other value is Lightning's own.
+- :func:`build_trainer`: ``conf/trainer/*.yaml``'s target, a Lightning Trainer with the precision resolved
+  and, when asked, ``channels_last`` weights and ``torch.compile``\\ d networks (:class:`Speed`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+from torch import Tensor, nn
+
+from splitinv.errors import SplitinvError
+
+CHECK_EVERY = 50  # steps between host syncs of a training loop (the first step is always checked)
+FP32 = "32-true"
+BF16 = "bf16-mixed"
+
+
+class LossMonitor:
+    """NaN/inf checks and logging of a training loop's loss terms, one host sync every ``every`` steps.
+
+    Args:
+        what: names the loss in the error ("decoder loss"). hint: what to change, ending the error.
+        every: steps between checks. unit: the word for a step in the error ("step", "iteration").
+        prog_bar: the terms shown in the progress bar.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        hint: str,
+        every: int = CHECK_EVERY,
+        unit: str = "step",
+        prog_bar: Sequence[str] = ("loss",),
+    ) -> None:
+        if every < 1:
+            raise SplitinvError(f"the check interval must be at least 1 step, got {every}.")
+        self.what, self.hint, self.every, self.unit = what, hint, int(every), unit
+        self.prog_bar = set(prog_bar)
+        self.steps = 0  # updates seen
+        self.syncs = 0  # host syncs made (what a test counts)
+        self._names: list[str] = []
+        self._last: Tensor | None = None
+        self._bad_step: Tensor | None = None
+        self._bad: Tensor | None = None
+
+    def update(
+        self,
+        values: Mapping[str, Tensor],
+        module: L.LightningModule | None = None,
+        *,
+        batch_idx: int | None = None,
+        batch_size: int | None = None,
+        step: int | None = None,
+        epoch_means: bool = False,
+    ) -> dict[str, float] | None:
+        """Record one step's terms; returns them on the host at a check step (after logging them), else None.
+
+        ``module`` (a LightningModule being fitted): its progress bar, callback metrics and loggers get the
+        terms as ``train/<term>`` at check steps, and with ``epoch_means`` their means as
+        ``train/<term>_epoch`` (accumulated on the device by Lightning, read once per epoch). ``step``: the
+        number to report (default: the count of updates, from 0).
+        """
+        names = list(values)
+        row = torch.stack([v.detach().float().reshape(()) for v in values.values()])
+        index = self.steps if step is None else int(step)
+        if self._last is not None and names != self._names:
+            self.check()  # the terms change (a new phase): settle the old ones first
+        if self._last is None or names != self._names:
+            self._names = names
+            self._bad_step = torch.full((), -1, dtype=torch.long, device=row.device)
+            self._bad = torch.zeros_like(row)
+        assert self._bad_step is not None and self._bad is not None
+        newly = ~torch.isfinite(row).all() & (self._bad_step < 0)
+        self._bad_step = torch.where(newly, index, self._bad_step)
+        self._bad = torch.where(newly, row, self._bad)
+        self._last = row
+        self.steps += 1
+        attached = module is not None and module._trainer is not None
+        if attached and epoch_means:
+            for name, value in values.items():
+                module.log(
+                    f"train/{name}_epoch",
+                    value.detach().float(),
+                    on_step=False,
+                    on_epoch=True,
+                    batch_size=batch_size,
+                )
+        if not (self.steps == 1 or self.steps % self.every == 0 or _last_step(module, batch_idx)):
+            return None
+        host = self.check()
+        if attached and host is not None:
+            _log_host_values(module, host, self.prog_bar, batch_size)
+        return host
+
+    def check(self) -> dict[str, float] | None:
+        """Copy to the host now (one sync): the last step's terms, or a one-line SplitinvError naming the
+        first step since the last check where a term was NaN or inf. None before any update."""
+        if self._last is None or self._bad_step is None or self._bad is None:
+            return None
+        self.syncs += 1
+        host = torch.cat([self._bad_step.float().view(1), self._bad, self._last]).tolist()
+        k = len(self._names)
+        bad_step, bad, last = int(host[0]), host[1 : 1 + k], host[1 + k :]
+        if bad_step >= 0:
+            raise SplitinvError(self._message(bad_step, bad))
+        return dict(zip(self._names, last, strict=True))
+
+    def _message(self, step: int, values: list[float]) -> str:
+        terms = dict(zip(self._names, values, strict=True))
+        first = next(n for n, v in terms.items() if not math.isfinite(v))
+        value = terms.get("loss", terms[first])
+        value = value if not math.isfinite(value) else terms[first]
+        detail = ""
+        if len(terms) > 1:
+            detail = (
+                " Terms at that " + self.unit + ": " + ", ".join(f"{n} {v:.4g}" for n, v in terms.items())
+            )
+        return f"{self.what} became {value} at {self.unit} {step}: {self.hint}{detail}"
+
+
+def monitor(module: nn.Module, what: str, hint: str, **kwargs: Any) -> LossMonitor:
+    """The module's :class:`LossMonitor` (made on first use, kept on the module)."""
+    found = module.__dict__.get("_loss_monitor")
+    if found is None:
+        found = LossMonitor(what, hint, **kwargs)
+        module.__dict__["_loss_monitor"] = found
+    return found
+
+
+def _last_step(module: L.LightningModule | None, batch_idx: int | None) -> bool:
+    """Whether this is the last training step of the epoch or of the fit (checked so nothing slips past)."""
+    if module is None or module._trainer is None or batch_idx is None:
+        return False
+    trainer = module.trainer
+    batches = trainer.num_training_batches
+    if isinstance(batches, (int, float)) and math.isfinite(batches) and batch_idx + 1 >= batches:
+        return True
+    if trainer.max_steps is not None and trainer.max_steps > 0:
+        pending = 1 if module.automatic_optimization else 0  # manual optimisation has stepped already
+        return trainer.global_step + pending >= trainer.max_steps
+    return False
+
+
+def _log_host_values(
+    module: L.LightningModule, values: dict[str, float], prog_bar: set[str], batch_size: int | None
+) -> None:
+    """Host values to the progress bar and callback metrics (as CPU tensors: Lightning reads them every
+    step) and to the loggers (once, now: Lightning's own step logging would repeat them, stale, at every
+    ``log_every_n_steps`` until the next check)."""
+    named = {f"train/{k}": v for k, v in values.items()}
+    for name, value in named.items():
+        module.log(
+            name,
+            torch.tensor(value),
+            on_step=True,
+            on_epoch=False,
+            prog_bar=name.removeprefix("train/") in prog_bar,
+            logger=False,
+            batch_size=batch_size,
+        )
+    trainer = module.trainer
+    if not trainer.loggers:
+        return
+    connector = getattr(trainer, "_logger_connector", None)
+    if connector is not None and hasattr(connector, "log_metrics"):
+        connector.log_metrics(named)  # Lightning's own path: its step number, its "epoch" column
+        return
+    for logger in trainer.loggers:  # pragma: no cover - a Lightning without the connector
+        logger.log_metrics(named, step=trainer.global_step)
+
+
+# ------------------------------------------------------------------------------------------- precision
+
+
+@functools.cache
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later): bf16 matrix units."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if probe is not None:
+        try:
+            return bool(probe())
+        except RuntimeError:  # pragma: no cover
+            pass
+    try:  # pragma: no cover - a torch without the probe
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # pragma: no cover
+        return False
+    return "amx_tile" in flags and "amx_bf16" in flags  # pragma: no cover
+
+
+def cuda_has_bf16() -> bool:
+    """Whether a CUDA GPU is there and computes in bf16 natively (Ampere and later)."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def resolve_precision(precision: Any, accelerator: Any = "auto") -> str | int:
+    """A Lightning precision for ``precision`` on this machine: ``auto`` (or None) becomes ``bf16-mixed`` on
+    a CUDA GPU with bf16 and on a CPU with AMX, ``32-true`` elsewhere; other values are returned as given.
+
+    ``accelerator``: the trainer's (``cpu``, ``gpu``, ``cuda``, ``auto``, ...), which decides the device.
+    """
+    if precision is not None and str(precision) != "auto":
+        return precision
+    kind = str(accelerator).lower() if isinstance(accelerator, str) else type(accelerator).__name__.lower()
+    if kind in ("gpu", "cuda") or "cuda" in kind or (kind == "auto" and torch.cuda.is_available()):
+        return BF16 if cuda_has_bf16() else FP32
+    if kind == "cpu" or "cpu" in kind or kind == "auto":
+        return BF16 if cpu_has_amx() else FP32
+    return FP32  # mps, tpu, ...: full precision
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+
+
+class Speed(L.Callback):
+    """Memory layout and compilation for the networks a Lightning loop runs.
+
+    ``channels_last``: 4-D weights in NHWC while fitting and predicting (convolutions then run NHWC),
+    put back afterwards. ``compile``: ``nn.Module.compile`` on the module's trained networks while fitting
+    (state_dict keys unchanged), undone afterwards.
+    """
+
+    def __init__(self, channels_last: bool = False, compile: bool = False) -> None:
+        self.channels_last, self.compile = bool(channels_last), bool(compile)
+        self._compiled: list[nn.Module] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.channels_last:
+            pl_module.to(memory_format=torch.channels_last)
+        if self.compile and stage == "fit":
+            self._compiled = [m for m in pl_module.children() if _trains(m)]
+            for m in self._compiled:
+                m.compile()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.channels_last:
+            pl_module.to(memory_format=torch.contiguous_format)
+        for m in self._compiled:
+            m._compiled_call_impl = None  # back to eager: later calls (inversion) take other shapes
+        self._compiled = []
+
+
+def _trains(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+class _NoAdvertising(logging.Filter):
+    """Drops Lightning's advertising tips ("💡 Tip: ... litlogger"): not about this run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡")
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoAdvertising) for f in logger.filters):
+            logger.addFilter(_NoAdvertising())
+
+
+def build_trainer(
+    precision: Any = "auto",
+    channels_last: bool = False,
+    compile: bool = False,
+    callbacks: Iterable[L.Callback] | None = None,
+    **kwargs: Any,
+) -> L.Trainer:
+    """A Lightning Trainer (every other keyword is the Trainer's) with ``precision`` resolved for this
+    machine (:func:`resolve_precision`) and :class:`Speed` added when ``channels_last`` or ``compile``."""
+    _quiet_lightning()
+    if (kwargs.get("max_steps") or -1) > 0:  # "stop after that many steps instead": epochs no longer decide
+        kwargs["max_epochs"] = -1
+    extra = list(callbacks or [])
+    if channels_last or compile:
+        extra.append(Speed(channels_last=channels_last, compile=compile))
+    resolved = resolve_precision(precision, kwargs.get("accelerator", "auto"))
+    return L.Trainer(precision=resolved, callbacks=extra or None, **kwargs)
