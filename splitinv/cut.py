@@ -9,11 +9,15 @@ node traced inside it.
 
 Models that FX cannot trace are cut with forward hooks instead: the head stops the forward pass at the module,
 the tail replaces that module's output. The hook tail re-runs the layers before the cut on a dummy input, so a
-skip path around the cut is detected empirically (the output would depend on the dummy).
+skip path around the cut is detected empirically (the output would depend on the dummy, relative to the
+output's own scale). Some models trace but keep sizes read before a block (``B, N, C = x.shape``, xcit's
+``Hp, Wp``) as graph values used after it, so FX sees every block boundary crossed; ``method="auto"`` then
+cuts with forward hooks when they find more valid points.
 """
 
 from __future__ import annotations
 
+import builtins
 import difflib
 import inspect
 import logging
@@ -54,6 +58,8 @@ class _Graph:
     names: dict[str, fx.Node]  # every accepted name -> node (module paths and node names)
     canonical: dict[fx.Node, str]
     position: dict[fx.Node, int] = field(default_factory=dict)
+    # module paths that only values computed from tensor sizes cross (FX keeps them as graph values)
+    size_blocked: list[str] = field(default_factory=list)
 
 
 def _body(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
@@ -94,6 +100,21 @@ def _concrete_args(model: nn.Module) -> dict[str, Any]:
 
 
 _CACHE: dict[int, tuple[nn.Module, _Graph]] = {}
+_AUTO: dict[int, tuple[nn.Module, str]] = {}  # the method "auto" chose, per model object
+
+
+def _size_values(nodes: list[fx.Node]) -> set[fx.Node]:
+    """Nodes whose values are computed from tensor sizes alone (``x.shape``, ``x.size(1)``, ``H // 2``)."""
+    sized: set[fx.Node] = set()
+    for n in nodes:
+        if n.op == "call_method" and n.target in ("size", "dim"):
+            sized.add(n)
+        elif n.op == "call_function" and n.target is builtins.getattr and n.args[1] in ("shape", "ndim"):
+            sized.add(n)
+        elif n.op in ("call_function", "call_method") and n.all_input_nodes:
+            if all(a in sized for a in n.all_input_nodes):
+                sized.add(n)
+    return sized
 
 
 def _trace(model: nn.Module) -> _Graph:
@@ -115,6 +136,8 @@ def _trace(model: nn.Module) -> _Graph:
 
     # Sweep forward keeping the set of values that are live across each position.
     valid: list[fx.Node] = []
+    blocked: set[fx.Node] = set()  # crossed by size values only
+    sized = _size_values(nodes)
     live: set[fx.Node] = set()
     first_input = next((n for n in nodes if n.op == "placeholder"), None)
     for i, node in enumerate(nodes):
@@ -123,8 +146,12 @@ def _trace(model: nn.Module) -> _Graph:
         if node.op != "get_attr" and last_use[node] > i:
             live.add(node)
         live = {n for n in live if last_use[n] > i}
-        if node.op not in ("placeholder", "get_attr") and live == {node} and node is not first_input:
+        if node.op in ("placeholder", "get_attr") or node is first_input or node not in live:
+            continue
+        if live == {node}:
             valid.append(node)
+        elif live - {node} <= sized and node not in sized:
+            blocked.add(node)
 
     valid_set = set(valid)
     canonical: dict[fx.Node, str] = {}
@@ -152,7 +179,13 @@ def _trace(model: nn.Module) -> _Graph:
         if "." not in q:  # and listed when they sit at the top level (e.g. resnet's flatten)
             canonical.setdefault(node, q)
     listed = [n for n in valid if n in canonical]
+    size_blocked: dict[fx.Node, str] = {}
+    for path in sorted(module_paths, key=lambda p: (p.count("."), p)):
+        node = last_in_module.get(path)
+        if node in blocked:
+            size_blocked.setdefault(node, path)
     traced = _Graph(model, graph, qualname, listed, set(valid), names, canonical, position)
+    traced.size_blocked = sorted(size_blocked.values(), key=lambda p: position[names[p]])
     _CACHE.clear()  # keep one model: graphs of large models are not small
     _CACHE[id(model)] = (model, traced)
     return traced
@@ -194,7 +227,7 @@ def describe_cut_points(
 ) -> list[CutPoint]:
     """Valid cut points with their aliases and (optionally) output shapes for one image (no batch dim)."""
     body, normalize = _body(model)
-    method = _method(body, method)
+    method = _method(model, body, method)
     if method == "hooks":
         return _hook_points(model, body, with_shapes, image_size)
     traced = _trace(body)
@@ -239,14 +272,14 @@ def _blocks(model: nn.Module, listed: set[str]) -> list[str]:
     return best
 
 
-def stage_points(model: nn.Module, every: int | None = None) -> list[str]:
+def stage_points(model: nn.Module, every: int | None = None, method: str = "auto") -> list[str]:
     """Cut points for a split-point sweep, without typing layer names.
 
     CNNs: stage boundaries, the last point at each feature-map resolution (among the shallowest module paths
     there, so ``layer1`` rather than a conv inside the next block). Transformers (token outputs): every
     block. ``every=k`` keeps every k-th of those (CNNs: every k-th listed cut point instead).
     """
-    points = [p for p in describe_cut_points(model) if p.shape is not None]
+    points = [p for p in describe_cut_points(model, method=method) if p.shape is not None]
     shapes = {n: p.shape for p in points for n in (p.name, *p.aliases)}
     blocks = _blocks(model, set(shapes))
     if blocks and all(len(shapes[b]) == 2 for b in blocks):  # tokens: the transformer blocks
@@ -264,7 +297,7 @@ def stage_points(model: nn.Module, every: int | None = None) -> list[str]:
     return [p.name for p in sorted(stages, key=lambda p: p.index)]
 
 
-def resolve_point(model: nn.Module, spec: str) -> str:
+def resolve_point(model: nn.Module, spec: str, method: str = "auto") -> str:
     """A cut point from a name or a victim-relative spec, so one sweep can span architectures.
 
     ``stage:K`` (the K-th of :func:`stage_points`, from 1), ``depth:F`` (the listed point nearest to relative
@@ -279,11 +312,11 @@ def resolve_point(model: nn.Module, spec: str) -> str:
     except ValueError:
         raise SplitinvError(f"cut={spec!r}: {kind}: takes a number, e.g. cut={kind}:2") from None
     if kind == "stage":
-        stages = stage_points(model)
+        stages = stage_points(model, method=method)
         if not 1 <= number <= len(stages):
             raise SplitinvError(f"cut={spec!r}: {name} has {len(stages)} stages (1..{len(stages)}): {stages}")
         return stages[int(number) - 1]
-    points = cut_points(model)
+    points = cut_points(model, method=method)
     if kind == "index":
         if not 0 <= number < len(points):
             raise SplitinvError(
@@ -295,14 +328,61 @@ def resolve_point(model: nn.Module, spec: str) -> str:
     return points[round(number * (len(points) - 1))]
 
 
-def _method(body: nn.Module, method: str) -> str:
+def _method(model: nn.Module, body: nn.Module, method: str) -> str:
     if method not in ("auto", "fx", "hooks"):
         raise SplitinvError(f"unknown cut method {method!r}: use auto, fx or hooks.")
     if method == "auto":
-        return "fx" if _fx_traceable(body) else "hooks"
+        hit = _AUTO.get(id(body))
+        if hit is not None and hit[0] is body:
+            return hit[1]
+        chosen = _auto_method(model, body)
+        _AUTO.clear()
+        _AUTO[id(body)] = (body, chosen)
+        return chosen
     if method == "fx":
         _trace(body)  # let FX's own error through: the user asked for FX explicitly
     return method
+
+
+def _auto_method(model: nn.Module, body: nn.Module) -> str:
+    """FX where it traces and sees the block boundaries; forward hooks where FX cannot trace, or where FX
+    finds fewer than two thirds of the points: the module outputs that only size values cross (see the
+    module docstring) and that hooks can cut are more than half as many as FX's points."""
+    if not _fx_traceable(body):
+        return "hooks"
+    traced = _trace(body)
+    if 2 * len(traced.size_blocked) <= len(traced.valid):
+        return "fx"
+    x = _sample_input(model)
+    normalize = getattr(model, "normalize", None) if body is not model else None
+    was_training = body.training
+    body.eval()
+    try:
+        with torch.no_grad():
+            x = normalize(x) if normalize is not None else x
+            called = {n for name, aliases in _called_once(body, x) for n in (name, *aliases)}
+            hooked = [p for p in traced.size_blocked if p in called and _hook_valid(body, p, x)]
+    except Exception as err:  # a model that hooks cannot run: keep FX's points
+        log.info("forward hooks cannot cut %s (%s)", type(body).__name__, _first_line(err))
+        return "fx"
+    finally:
+        body.train(was_training)
+    if 2 * len(hooked) <= len(traced.valid):
+        return "fx"
+    log.info(
+        "%s: FX finds %d cut points; %d more module outputs (%s, ...) are crossed only by sizes read before "
+        "them, and forward hooks can cut there: cutting with forward hooks (method fx forces FX)",
+        getattr(model, "name", type(body).__name__),
+        len(traced.valid),
+        len(hooked),
+        ", ".join(hooked[:3]),
+    )
+    return "hooks"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:160]}" if text else type(err).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -343,7 +423,7 @@ def cut(model: nn.Module, point: str, method: str = "auto") -> tuple[nn.Module, 
     """
     body, normalize = _body(model)
     model_name = getattr(model, "name", type(body).__name__)
-    method = _method(body, method)
+    method = _method(model, body, method)
     if method == "hooks":
         head, tail = _hook_cut(model, body, point, model_name)
     else:
@@ -408,7 +488,7 @@ def extractor(model: nn.Module, points: list[str], method: str = "auto") -> nn.M
     not run. Used to cache the activations of a split-point sweep.
     """
     body, normalize = _body(model)
-    method = _method(body, method)
+    method = _method(model, body, method)
     for point in points:  # the same validation and messages as cut()
         cut(model, point, method=method)
     if method == "hooks":
@@ -567,8 +647,12 @@ def _version(out: Any) -> int | None:
         return None
 
 
-def _hook_valid(body: nn.Module, module: str, x: torch.Tensor) -> bool:
-    """True when only ``module``'s output crosses it: the tail gives the same result for different dummies."""
+def _hook_valid(body: nn.Module, module: str, x: torch.Tensor, rtol: float = 1e-4) -> bool:
+    """True when only ``module``'s output crosses it: the tail gives the model's output, whatever the dummy.
+
+    Tolerances are relative to the output's own scale (its largest magnitude): a random-weight network's
+    logits can be 1e-14, where any absolute tolerance would accept a tail that is 100% wrong.
+    """
     head = HookHead(body, module)
     with torch.no_grad():
         z = head(x)
@@ -577,7 +661,11 @@ def _hook_valid(body: nn.Module, module: str, x: torch.Tensor) -> bool:
         ref = body(x)
         a = HookTail(body, module, x.shape[1:], 0.0)(z)
         b = HookTail(body, module, x.shape[1:], 0.5)(z)
-    return bool(torch.allclose(a, ref, atol=1e-5) and torch.allclose(a, b, atol=1e-6))
+    if not all(isinstance(t, torch.Tensor) for t in (ref, a, b)) or a.shape != ref.shape:
+        return False
+    ref, a, b = ref.double(), a.double(), b.double()
+    tol = rtol * float(ref.abs().max()) if ref.numel() else 0.0
+    return bool((a - ref).abs().max() <= tol and (a - b).abs().max() <= tol)
 
 
 def _hook_points(

@@ -157,6 +157,6 @@ def split(victim: nn.Module, point: str, defense: Defense | None = None, method:
     """Cut ``victim`` at ``point`` (a name, or ``stage:K`` / ``depth:F`` / ``index:K``) into a Split."""
     from splitinv.cut import cut, resolve_point
 
-    point = resolve_point(victim, point)
+    point = resolve_point(victim, point, method=method)
     head, tail = cut(victim, point, method=method)
     return Split(head, tail, defense, point)

@@ -198,8 +198,8 @@ def test_every_consumer_reads_what_the_device_sends(
     made: list[Split] = []
     seen: list[float] = []
 
-    def guarded_split(victim: nn.Module, point: str, defense: Any = None) -> Split:
-        real = split(victim, point, Offset())
+    def guarded_split(victim: nn.Module, point: str, defense: Any = None, method: str = "auto") -> Split:
+        real = split(victim, point, Offset(), method=method)
         real.client.head = GuardedHead(real.client.head)
         made.append(real)
         return real

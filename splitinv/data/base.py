@@ -30,8 +30,10 @@ from torchvision.transforms.v2 import functional as TF
 
 from splitinv.errors import SplitinvError
 
-MIN_IMAGE_SIZE = 8
+MIN_IMAGE_SIZE = 11  # SSIM's 11x11 Gaussian window (metrics.SSIM_WIN): smaller images cannot be scored
 _EVAL_STREAM, _AUX_STREAM = 0, 1  # independent numpy streams per seed
+# image files read from folders: torchvision's extensions, and GIF (its first frame)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -80,6 +82,61 @@ def _uint8_to_float(image: Tensor, image_size: int, channels: int) -> Tensor:
     if image.shape[-2:] != (image_size, image_size):
         image = TF.resize(image, [image_size, image_size], antialias=True)
     return to_channels(image.float().div_(255.0), channels)
+
+
+def read_image(path: str | os.PathLike) -> Any:
+    """An image file as an 8-bit RGB PIL image, as a viewer shows it, or a one-line error naming the file.
+
+    The first frame of an animation (GIF, APNG, WebP); EXIF orientation applied; 16-bit grayscale scaled to
+    8 bit (``convert("RGB")`` would clip it to white); palette, CMYK and YCbCr converted; transparency (LA,
+    RGBA, PA, a palette's or PNG's transparent colour) composited on white. Modes whose range cannot be told
+    (32-bit float) are refused in one line.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            image.seek(0)
+            image.load()
+            return _to_rgb(ImageOps.exif_transpose(image), path)
+    except SplitinvError:
+        raise
+    except Exception as err:  # PIL raises many kinds (OSError, SyntaxError, struct.error...) for bad files
+        raise unreadable_image(path, err) from err
+
+
+def unreadable_image(path: str | os.PathLike, err: BaseException) -> SplitinvError:
+    """The one-line error for an image file that PIL cannot open or decode."""
+    return SplitinvError(
+        f"cannot read image {path} ({_one_line(err)}): it is corrupt, truncated, empty or not an image; "
+        "remove or replace it."
+    )
+
+
+def _to_rgb(image: Any, path: str | os.PathLike) -> Any:
+    from PIL import Image
+
+    mode = image.mode
+    if mode == "F":
+        raise SplitinvError(
+            f"image {path} is a 32-bit float image, whose range splitinv cannot tell: save it as 8 or 16 bit."
+        )
+    if mode.startswith("I"):  # I;16, I;16B, I;16L (16-bit PNG/TIFF), I (32-bit integer, 16-bit PNGs before)
+        values = np.asarray(image).astype(np.float64)
+        high = float(values.max()) if values.size else 0.0
+        if (values.size and float(values.min()) < 0) or high > 65535:
+            raise SplitinvError(
+                f"image {path} holds {mode} values outside 0..65535: save it as an 8- or 16-bit image."
+            )
+        if mode.startswith("I;16") or high > 255:
+            values = values / 257.0  # 65535 -> 255
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    if image.mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
 
 
 def _unknown(kind: str, name: str, valid: Sequence[str]) -> SplitinvError:
@@ -141,6 +198,15 @@ class ImageDataModule(L.LightningDataModule):
         augment: bool = True,
     ) -> None:
         super().__init__()
+        if (
+            not isinstance(image_size, bool)
+            and isinstance(image_size, (int, np.integer))
+            and 0 < image_size < MIN_IMAGE_SIZE
+        ):
+            raise SplitinvError(
+                f"image_size must be an integer >= {MIN_IMAGE_SIZE}, got {image_size}: SSIM scores images "
+                f"of at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} px (its Gaussian window); use a larger size."
+            )
         self.image_size = _check_int("image_size", image_size, MIN_IMAGE_SIZE)
         if channels not in (1, 3):
             raise SplitinvError(f"channels must be 1 or 3, got {channels!r}")
