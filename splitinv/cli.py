@@ -16,7 +16,7 @@ from typing import NoReturn
 from rich.console import Console
 from rich.table import Table
 
-from splitinv.errors import SplitinvError
+from splitinv.errors import SplitinvError, os_error_line
 
 
 def _layers(args: argparse.Namespace) -> None:
@@ -66,9 +66,11 @@ def _victims(args: argparse.Namespace) -> None:
 
 
 def _table(args: argparse.Namespace) -> None:
-    from splitinv.report import collect, table
+    from splitinv.report import collect, published, table
 
     frame = collect(args.sweep_dir)
+    if args.published:
+        frame = published(args.published, frame)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     cols = None if args.cols in ("", "none") else args.cols
     text = table(frame, rows=args.rows, cols=cols, metrics=metrics, fmt=args.format)
@@ -263,9 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_dir", help="a run or sweep folder written by splitinv-run")
     p.add_argument("--rows", default="cut", help="key for rows (cut, victim, attack, data, weights, ...)")
     p.add_argument("--cols", default="victim", help="key for column groups, or 'none'")
-    p.add_argument("--metrics", default="lpips,ssim,psnr", help="comma-separated metric names")
+    p.add_argument(
+        "--metrics", default="lpips,ssim,psnr", help=f"comma-separated metric names: {TABLE_METRICS}"
+    )
     p.add_argument("--format", default="md", choices=("md", "latex", "csv"))
     p.add_argument("--output", "-o", default=None, help="write to this file instead of printing")
+    p.add_argument(
+        "--published",
+        default=None,
+        metavar="PAPER",
+        help="add a paper's published numbers as rows with preset 'paper' (he2019: He et al., ACSAC 2019)",
+    )
     p.set_defaults(func=_table)
 
     p = sub.add_parser("plot", help="figures of a sweep: quality against cut depth, reconstructions per cut")
@@ -396,6 +406,16 @@ examples:
     return parser
 
 
+# what `splitinv table --metrics` accepts (splitinv.report.DIRECTIONS; written out here so that `--help` needs
+# no torch import; tests/test_report.py checks the two agree)
+TABLE_METRICS = (
+    "psnr, ssim, lpips, recognisable, feature_error, label_agreement, accuracy_hat, evaluator_agreement, "
+    "state_error_h, state_error_cond, utility, utility_agreement, utility_test, beats_lowpass4, and the "
+    "trivial baselines' scores as <baseline>_<metric> with baseline grey, mean, lowpass4, lowpass8 and "
+    "metric ssim, psnr, lpips (e.g. lowpass4_ssim)"
+)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
     args = build_parser().parse_args(argv)
@@ -403,4 +423,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.func(args)
     except SplitinvError as err:
         print(f"splitinv: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:  # an unwritable --output, a full disk: one line, not a traceback
+        print(f"splitinv: error: {os_error_line(err)}", file=sys.stderr)
         sys.exit(2)

@@ -7,6 +7,7 @@ import difflib
 import hashlib
 import importlib.resources
 import json
+import os
 import platform
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from splitinv.errors import SplitinvError
 
 CONFIG_MODULE = "splitinv.conf"
 # keys that say where a run writes or logs, not what it computes: left out of the config hash
-VOLATILE_KEYS = ("paths", "logger", "hydra", "skip_done", "sweep_name")
+VOLATILE_KEYS = ("paths", "logger", "hydra", "skip_done", "sweep_name", "overwrite")
 VOLATILE_TRAINER_KEYS = ("enable_progress_bar", "default_root_dir", "log_every_n_steps")
 
 
@@ -41,14 +42,24 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
     """hydra.utils.instantiate, letting splitinv's one-line errors through unwrapped."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate as hydra_instantiate
+    from omegaconf.errors import MissingMandatoryValue
 
     try:
         return hydra_instantiate(node, **kwargs)
+    except MissingMandatoryValue as err:  # a ??? setting (data.root of data=imagefolder)
+        raise SplitinvError(_missing_line(err)) from None
     except InstantiationException as err:
         cause = err.__cause__
         if isinstance(cause, SplitinvError):
             raise cause from None
+        if isinstance(cause, MissingMandatoryValue):
+            raise SplitinvError(_missing_line(cause)) from None
         raise
+
+
+def _missing_line(err: Any) -> str:
+    key = getattr(err, "full_key", None) or "a setting"
+    return f"{key} is required (??? in its config) and not set: pass {key}=VALUE on the command line."
 
 
 def config_hash(cfg: DictConfig) -> str:
@@ -61,6 +72,64 @@ def config_hash(cfg: DictConfig) -> str:
         trainer.pop(volatile, None)
     text = json.dumps(resolved, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of a file's sha256 (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _listing_digest(folder: Path) -> str:
+    """A hash of a folder tree's file names, sizes and modification times (not contents: a dataset root)."""
+    entries = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root) / name
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            entries.append([str(path.relative_to(folder)), st.st_size, st.st_mtime_ns])
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def input_files(cfg: DictConfig) -> dict[str, str]:
+    """What the files a config names hold: ``{key: digest}`` for every setting whose value is an existing
+    file (weights, checkpoints: a hash of the content) or, for ``root`` / ``eval_root`` keys, an existing
+    folder (a hash of its listing). A finished job is reused only when these match too: a victim retrained
+    into the same path, or images added to a data root, rerun the job."""
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except Exception:  # an interpolation that only resolves inside a Hydra job: read the values as written
+        container = OmegaConf.to_container(cfg, resolve=False)
+    for volatile in (*VOLATILE_KEYS, "cache"):
+        container.pop(volatile, None)
+    out: dict[str, str] = {}
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{key}.{i}")
+        elif isinstance(node, str) and node and len(node) < 4096 and node not in ("imagenet", "random"):
+            path = Path(node).expanduser()
+            try:
+                if path.is_file():
+                    out[key] = file_digest(path)
+                elif path.is_dir() and key.rpartition(".")[2] in ("root", "eval_root"):
+                    out[key] = _listing_digest(path)
+            except OSError:
+                return
+
+    walk(container, "")
+    return out
 
 
 def versions() -> dict[str, str]:

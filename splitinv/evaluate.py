@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import logging
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,10 @@ from tqdm.auto import tqdm
 from splitinv import metrics
 from splitinv.attacks.base import Attack
 from splitinv.errors import SplitinvError
+from splitinv.io import load_file, save_atomic
 from splitinv.split import Split
+
+log = logging.getLogger(__name__)
 
 RECONSTRUCTION_FORMAT = "splitinv-reconstruction/1"
 
@@ -78,8 +81,9 @@ class ReconstructionStore:
         if not path.is_file():
             return None
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a truncated or foreign file: attack the image again
+            obj = load_file(path, "stored reconstruction")
+        except SplitinvError as err:  # a truncated, changed or foreign file: attack the image again
+            log.warning("%s; attacking image %d again", err, int(index))
             return None
         return obj if isinstance(obj, dict) and obj.get("format") == RECONSTRUCTION_FORMAT else None
 
@@ -100,14 +104,7 @@ class ReconstructionStore:
         if self.folder is None:
             self._memory[int(index)] = obj
             return
-        fd, tmp = tempfile.mkstemp(prefix=f".{int(index)}-", suffix=".tmp", dir=self.folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(obj, f)
-            os.replace(tmp, self.path(index))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_atomic(obj, self.path(index))
 
 
 def _fingerprint(attack: Attack, split: Split) -> str:
@@ -118,10 +115,39 @@ def _fingerprint(attack: Attack, split: Split) -> str:
     device_side = {id(m) for m in split.modules()}
     held = [m for m in vars(attack).values() if isinstance(m, nn.Module) and id(m) not in device_side]
     for module in [split.client, *held]:
-        for name, t in module.state_dict().items():
-            h.update(name.encode())
-            h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        h.update(weights_digest(module).encode())
     return h.hexdigest()
+
+
+_DIGESTS: dict[tuple[Any, ...], tuple[list[weakref.ref[torch.Tensor]], str]] = {}
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's state (names and bytes), computed once per state: hashing a large head takes
+    seconds, so the digest is kept while the very same tensors hold the very same values (each tensor's
+    identity, storage and in-place version counter), and a job, or a sweep in one process, hashes a head
+    once however many splits wrap it."""
+    state = module.state_dict(keep_vars=True)
+    try:
+        signature: tuple[Any, ...] | None = tuple(
+            (name, id(t), t.data_ptr(), t._version, tuple(t.shape), t.dtype, str(t.device))
+            for name, t in state.items()
+        )
+    except RuntimeError:  # inference tensors keep no version counter: hash every time
+        signature = None
+    cached = _DIGESTS.get(signature) if signature is not None else None
+    if cached is not None and all(ref() is t for ref, t in zip(cached[0], state.values(), strict=True)):
+        return cached[1]  # the same tensor objects, alive, unchanged
+    h = hashlib.sha256()
+    for name, t in state.items():
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy())
+    digest = h.hexdigest()
+    if signature is not None:
+        while len(_DIGESTS) >= 32:  # a bounded memo: the oldest goes
+            _DIGESTS.pop(next(iter(_DIGESTS)))
+        _DIGESTS[signature] = ([weakref.ref(t) for t in state.values()], digest)
+    return digest
 
 
 def _image_keys(prefix: str, x: torch.Tensor) -> list[str]:
@@ -240,12 +266,14 @@ def evaluate(
     progress: bool = True,
     trainer: L.Trainer | None = None,
     reconstructions_dir: str | Path | None = None,
+    evaluator: torch.nn.Module | None = None,
 ) -> Evaluation:
     """Invert every evaluation batch from its observations and score it (fp32, clamped to [0, 1]).
 
     Per-image attacks (``attack.per_image``) run first through :func:`reconstruct` (``trainer.predict`` when
     a trainer is given), keeping each image in ``reconstructions_dir`` (memory when None) so a re-run skips
-    the images already done; other attacks invert batch by batch.
+    the images already done; other attacks invert batch by batch. ``evaluator``: an independent classifier
+    on [0, 1] images (not the victim): adds ``evaluator_agreement``, its top-1 on x_hat against on x.
     """
     split.eval()
     store: ReconstructionStore | None = None
@@ -298,6 +326,9 @@ def evaluate(
             logits_hat=logits_hat,
             labels=labels if has_labels else None,
         )
+        if evaluator is not None:
+            with torch.no_grad():
+                scores["evaluator_agreement"] = metrics.label_agreement(evaluator(x_hat), evaluator(x)).cpu()
         columns.setdefault("index", []).extend(int(i) for i in index)
         columns.setdefault("label", []).extend(int(v) for v in labels.cpu())
         for key, values in scores.items():

@@ -1,12 +1,14 @@
 """Sweep folder -> tables: every job's metrics.json (one flat row each) gathered, grouped and formatted.
 
 A job folder without metrics.json (it failed, or has not run yet) is a row with status ``failed`` or
-``missing``; tables show it as such instead of dropping it.
+``missing``, one whose metrics.json does not read (truncated, empty) a row with status ``broken`` (and a
+warning naming the file); tables show them as such instead of dropping them or stopping.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -22,9 +24,11 @@ from splitinv.errors import SplitinvError
 from splitinv.metrics import DIRECTION
 from splitinv.results import FAILED_FILE, METRICS_FILE
 
+log = logging.getLogger(__name__)
+
 KEYS = (
     "victim", "weights", "cut", "cut_spec", "attack", "data", "seed", "access", "aux_data",
-    "defense", "defense_strength", "defense_setting", "defense_aware", "attacker",
+    "defense", "defense_strength", "defense_setting", "defense_aware", "attacker", "preset",
 )  # fmt: skip
 # what the defended split still does (metrics.json "utility"), beside the attack metrics
 UTILITY = {"utility": "higher", "utility_agreement": "higher", "utility_test": "higher"}
@@ -62,10 +66,37 @@ def _defense_keys(rec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _resolved(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Hydra saves a job's config unresolved (``cut: ${layer}``): resolve what resolves from the config
+    itself, and blank what does not (``${hydra:...}``, ``${oc.env:...}``) rather than show a placeholder."""
+    from omegaconf import OmegaConf
+
+    def blank(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: blank(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [blank(v) for v in node]
+        return None if isinstance(node, str) and "${" in node else node
+
+    conf = OmegaConf.create(cfg)
+    out: dict[str, Any] = {}
+    for key in cfg:
+        try:
+            out[key] = (
+                OmegaConf.to_container(conf[key], resolve=True)
+                if OmegaConf.is_config(conf[key])
+                else conf[key]
+            )
+        except Exception:  # an interpolation that needs Hydra's runtime: leave it blank
+            out[key] = blank(cfg[key])
+    return blank(out)
+
+
 def _job_row_from_config(job: Path) -> dict[str, Any]:
     """Identifying keys of a job that wrote no metrics.json, from the config Hydra saved for it."""
     cfg_file = job / ".hydra" / "config.yaml"
     cfg = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else {}
+    cfg = _resolved(cfg if isinstance(cfg, dict) else {})
     victim = cfg.get("victim") or {}
     attack = cfg.get("attack") or {}
     data = cfg.get("data") or {}
@@ -85,6 +116,17 @@ def _job_row_from_config(job: Path) -> dict[str, Any]:
     }
 
 
+def _read_json(path: Path) -> tuple[Any, str | None]:
+    """A JSON file's content, or (None, why) for one that does not read (truncated, empty), warned about."""
+    try:
+        return json.loads(path.read_text()), None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        text = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+        why = f"{path} does not read as JSON ({type(err).__name__}: {text})"
+        log.warning("%s: its job is shown as broken; rerun it", why)
+        return None, why
+
+
 def collect(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per job below ``sweep_dir``: :data:`KEYS`, status, cut depth, metric means and stds."""
     root = Path(sweep_dir)
@@ -93,8 +135,14 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
     seen: set[Path] = set()
     for path in sorted(root.rglob(METRICS_FILE)):
-        rec = json.loads(path.read_text())
-        if "format" not in rec or not str(rec["format"]).startswith("splitinv-results"):
+        rec, broken = _read_json(path)
+        if broken is not None:
+            seen.add(path.parent)
+            row = _job_row_from_config(path.parent)
+            row.update(status="broken", job=str(path.parent.relative_to(root)), error=broken)
+            rows.append(row)
+            continue
+        if not isinstance(rec, dict) or not str(rec.get("format", "")).startswith("splitinv-results"):
             continue
         seen.add(path.parent)
         row = {k: rec.get(k) for k in KEYS}
@@ -102,6 +150,8 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
         cut_info = (rec.get("details") or {}).get("cut") or {}
         row.update(status=rec.get("status", "ok"), job=str(path.parent.relative_to(root)), error=None)
         row.update(cut_index=cut_info.get("index"), cut_depth=cut_info.get("relative_depth"))
+        # the attack's published setting (attack.preset), or splitinv's own defaults
+        row["preset"] = ((rec.get("details") or {}).get("attack") or {}).get("preset") or "splitinv"
         for name in DIRECTION:
             value = rec.get(name)
             row[name] = value["mean"] if isinstance(value, dict) else math.nan
@@ -122,7 +172,8 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
         if job in seen or not (hydra_dir / "config.yaml").is_file():
             continue
         failed = job / FAILED_FILE
-        error = json.loads(failed.read_text()).get("error") if failed.is_file() else None
+        record, why = _read_json(failed) if failed.is_file() else (None, None)
+        error = record.get("error") if isinstance(record, dict) else why
         row = _job_row_from_config(job)
         row.update(
             status="failed" if failed.is_file() else "missing", job=str(job.relative_to(root)), error=error
@@ -131,6 +182,38 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
     if not rows:
         raise SplitinvError(f"no runs below {root}: expected job folders holding {METRICS_FILE} or .hydra/.")
     return pd.DataFrame(rows)
+
+
+def published(name: str, frame: pd.DataFrame | None = None) -> pd.DataFrame:
+    """A paper's published numbers (``splitinv/assets/published/<name>.yaml``) as rows with preset
+    ``paper``, appended to ``frame`` where given: only the (victim, cut) pairs ``frame`` holds, so a table
+    shows the paper beside the runs that reproduce it."""
+    import importlib.resources
+
+    resource = importlib.resources.files("splitinv").joinpath(f"assets/published/{name}.yaml")
+    if not resource.is_file():
+        folder = importlib.resources.files("splitinv").joinpath("assets/published")
+        known = sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+        raise SplitinvError(f"no published numbers named {name!r}: use one of {', '.join(known)}.")
+    rows = []
+    for entry in (yaml.safe_load(resource.read_text()) or {}).get("rows", []):
+        row: dict[str, Any] = {k: None for k in KEYS}
+        row.update(defense="none", defense_setting="none", attacker="-", preset="paper", status="ok")
+        row.update({k: v for k, v in entry.items() if k in KEYS})
+        row.update(job=f"published:{name}", error=None, cut_index=None, cut_depth=None, seed=None)
+        for metric in DIRECTIONS:
+            row[metric] = float(entry[metric]) if metric in entry else math.nan
+        rows.append(row)
+    paper = pd.DataFrame(rows)
+    if frame is None:
+        return paper
+    have = set(zip(frame["victim"].astype(str), frame["cut"].astype(str), strict=True))
+    paper = paper[[(str(v), str(c)) in have for v, c in zip(paper["victim"], paper["cut"], strict=True)]]
+    depth = (
+        frame.dropna(subset=["cut_depth"]).groupby("cut")["cut_depth"].mean() if "cut_depth" in frame else {}
+    )
+    paper = paper.assign(cut_depth=[depth.get(c) if len(depth) else None for c in paper["cut"]])
+    return pd.concat([frame, paper], ignore_index=True)
 
 
 def _natural(key: Any) -> list[Any]:
@@ -179,6 +262,10 @@ def aggregate(frame: pd.DataFrame, rows: str, cols: str | None, metrics: Sequenc
     out = out.reindex(status.index)
     out[("runs", "")] = runs
     out[("problems", "")] = status
+    jobs = frame["job"].astype(str) if "job" in frame else pd.Series("", index=frame.index)
+    out[("published", "")] = (
+        jobs.str.startswith("published:").groupby([frame[k] for k in keys], sort=False).all()
+    )
     depth = frame.groupby(keys, sort=False)["cut_depth"].agg("mean") if "cut_depth" in frame else None
     if depth is not None:
         out[("depth", "")] = depth
@@ -222,6 +309,8 @@ def table(
         text = _fmt(line[(m, "mean")], line[(m, "std")], n, _digits(m))
         if problems:
             text = f"{text} ({problems})" if n else problems
+        if bool(line.get(("published", ""), False)):  # a paper's number is beside ours, never "best"
+            return text, None
         return text, (line[(m, "mean")] if n else None)
 
     best: dict[tuple[str | None, str], float] = {}
@@ -318,8 +407,27 @@ def plot_depth(
         ax.set_xlim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, frameon=False)
+    fig.suptitle(_figure_title(ok), fontsize=9)
     fig.tight_layout()
     return _save_figure(fig, Path(out_dir) / "quality_vs_depth")
+
+
+def _figure_title(frame: pd.DataFrame) -> str:
+    """What a figure shows, so that two sweeps' figures can be told apart: victims, attacks, data, defense."""
+    parts = []
+    for key, label in (
+        ("victim", "victim"),
+        ("attack", "attack"),
+        ("data", "data"),
+        ("defense_setting", "defense"),
+    ):
+        if key in frame:
+            values = sorted({str(v) for v in frame[key].dropna()} - {"none"} if key == "defense_setting" else
+                            {str(v) for v in frame[key].dropna()})  # fmt: skip
+            if values:
+                parts.append(f"{label} {', '.join(values[:4])}{' ...' if len(values) > 4 else ''}")
+    n = int(frame["seed"].nunique()) if "seed" in frame else 0
+    return "; ".join(parts) + (f" ({n} seeds)" if n > 1 else "")
 
 
 def plot_reconstructions(
@@ -342,7 +450,11 @@ def plot_reconstructions(
         for cut, jobs in group.groupby("cut", sort=False):
             path = Path(sweep_dir) / jobs.iloc[0]["job"] / IMAGES_FILE
             if path.is_file():
-                originals, recon = load_images(path)
+                try:
+                    originals, recon = load_images(path)
+                except SplitinvError as err:
+                    log.warning("%s: left out of the figure", err)
+                    continue
                 if not rows:
                     rows.append(("input", originals[:n]))
                 rows.append((str(cut), recon[:n]))

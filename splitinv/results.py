@@ -22,11 +22,14 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from splitinv import metrics
+from splitinv.errors import ResultsExist, SplitinvError
+from splitinv.io import load_file, save_atomic
 
 METRICS_FILE = "metrics.json"
 SAMPLES_FILE = "samples.csv"
 GRID_FILE = "grid.png"
 FAILED_FILE = "failed.json"
+SUPERSEDED_FILE = "metrics.superseded.json"
 IMAGES_FILE = "images.pt"
 RESULTS_FORMAT = "splitinv-results/1"
 
@@ -45,13 +48,16 @@ def save_images(path: str | Path, originals: torch.Tensor, reconstructions: torc
     as_uint8 = [
         (t.float().cpu().clamp(0, 1) * 255).round().to(torch.uint8) for t in (originals, reconstructions)
     ]
-    torch.save({"originals": as_uint8[0], "reconstructions": as_uint8[1]}, path)
+    save_atomic({"originals": as_uint8[0], "reconstructions": as_uint8[1]}, path)
 
 
 def load_images(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(originals, reconstructions) in [0, 1] from :func:`save_images`."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    return obj["originals"].float() / 255, obj["reconstructions"].float() / 255
+    """(originals, reconstructions) in [0, 1] from :func:`save_images`, or a one-line error."""
+    obj = load_file(path, "reconstruction images", hint="rerun the job that wrote it.")
+    parts = [obj.get(k) if isinstance(obj, dict) else None for k in ("originals", "reconstructions")]
+    if not all(isinstance(t, torch.Tensor) for t in parts):
+        raise SplitinvError(f"{path} is not a splitinv {IMAGES_FILE} (no originals and reconstructions).")
+    return parts[0].float() / 255, parts[1].float() / 255
 
 
 def _clean(value: Any) -> Any:
@@ -97,24 +103,54 @@ def write_run(
     return out / METRICS_FILE
 
 
-def existing(out_dir: str | Path, config_hash: str) -> dict[str, Any] | None:
-    """The finished record in ``out_dir`` when it was made from the same config (for resumed sweeps)."""
+def finished(out_dir: str | Path) -> dict[str, Any] | None:
+    """The finished record in ``out_dir`` (its metrics.json), or None (absent, unreadable, or not ok)."""
     path = Path(out_dir) / METRICS_FILE
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
         return None
-    if record.get("status") == "ok" and record.get("config_hash") == config_hash:
-        return record
-    return None
+    return record if isinstance(record, dict) and record.get("status") == "ok" else None
+
+
+def existing(
+    out_dir: str | Path, config_hash: str, inputs: dict[str, str] | None = None
+) -> dict[str, Any] | None:
+    """The finished record in ``out_dir`` when it was made from the same config and, where ``inputs`` is
+    given, from the same input files (:func:`splitinv.config.input_files`), for resumed sweeps."""
+    record = finished(out_dir)
+    if record is None or record.get("config_hash") != config_hash:
+        return None
+    if inputs is not None and record.get("inputs") != inputs:
+        return None
+    return record
+
+
+def check_folder_free(out_dir: str | Path, config_hash: str, overwrite: bool = False) -> None:
+    """Refuse (:class:`ResultsExist`, the folder untouched) to write into a job folder whose finished results
+    came from a different config, unless ``overwrite``: a sweep relaunched with other values into an
+    existing sweep folder must not replace the jobs it already finished."""
+    record = finished(out_dir)
+    if record is None or overwrite or record.get("config_hash") == config_hash:
+        return
+    raise ResultsExist(
+        f"{out_dir} holds finished results of another config (config_hash {record.get('config_hash')}, now "
+        f"{config_hash}): launch into a new folder (hydra.sweep.dir=... / hydra.run.dir=...) or pass "
+        "overwrite=true to replace them."
+    )
 
 
 def write_failure(out_dir: str | Path, err: BaseException) -> Path:
-    """Record a failed job as failed.json (error and traceback): tables show it instead of dropping it."""
+    """Record a failed job as failed.json (error and traceback): tables show it instead of dropping it.
+
+    A failure supersedes the results it was meant to replace: an earlier metrics.json is renamed
+    ``metrics.superseded.json`` (kept, but no table reads it)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / METRICS_FILE).is_file():
+        os.replace(out / METRICS_FILE, out / SUPERSEDED_FILE)
     text = json.dumps(
         {
             "status": "failed",
@@ -146,6 +182,7 @@ def build_record(
     details: dict[str, Any],
     cost: dict[str, Any],
     warnings: list[str],
+    precision: str,
     defense: str = "none",
     defense_strength: Any = None,
     utility: dict[str, Any] | None = None,
@@ -159,7 +196,8 @@ def build_record(
     defense's name and the value of its swept knob. ``utility``: what the defended split still does on the
     evaluation images (accuracy, agreement with the undefended network, n), or None; ``utility_test`` the
     same on the data's whole test split, where it has one. ``baselines``: the trivial reconstructions'
-    scores on the same images ({name: {metric: summary}}, :mod:`splitinv.baselines`).
+    scores on the same images ({name: {metric: summary}}, :mod:`splitinv.baselines`). ``precision``: what
+    the attack's training and Lightning loops ran in (``32-true``, ``bf16-mixed``: the trainer's, resolved).
     """
     from splitinv.config import versions
 
@@ -183,6 +221,7 @@ def build_record(
         "utility_test": utility_test,
         "baselines": baselines,
         "n_eval": int(n_eval),
+        "precision": str(precision),  # what training and the attack loops ran in: 32-true, bf16-mixed, ...
         "config_hash": config_hash,
         "details": details,
         "cost": cost,

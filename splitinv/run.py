@@ -9,6 +9,7 @@ of a composed config, so notebooks and tests can call it with the same configs
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import resource
 import time
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from splitinv import metrics, results
 from splitinv.attacks.base import Attack, AttackContext
-from splitinv.config import config_hash, instantiate
+from splitinv.config import config_hash, input_files, instantiate
 from splitinv.cut import describe_cut_points, resolve_point
 from splitinv.defenses.checkpoint import load_defense
 from splitinv.errors import SplitinvError
@@ -49,10 +50,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     out_dir = Path(cfg.paths.output_dir)
     key = config_hash(cfg)
-    done = results.existing(out_dir, key) if cfg.get("skip_done", True) else None
+    inputs = input_files(cfg)
+    results.check_folder_free(out_dir, key, overwrite=bool(cfg.get("overwrite", False)))
+    done = results.existing(out_dir, key, inputs) if cfg.get("skip_done", True) else None
     if done is not None:
         log.info("results for this config already in %s: skipping (skip_done=false reruns)", out_dir)
         return done
+    earlier = results.existing(out_dir, key)
+    if earlier is not None:  # same config, changed input files: the old numbers are stale
+        old = earlier.get("inputs") or {}
+        changed = sorted(k for k in {*inputs, *old} if inputs.get(k) != old.get(k))
+        log.warning("%s: input files changed since its results (%s): rerunning", out_dir, ", ".join(changed))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.lpips not in ("auto", "required", "off"):
         raise SplitinvError(f"lpips={cfg.lpips!r} is not one of auto, required, off.")
@@ -62,14 +70,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     victim = instantiate(cfg.victim)
     datamodule = instantiate(cfg.data)
     check_image_size(victim, datamodule.image_size, datamodule.channels)
+    datamodule.setup()  # read and check the data now: a bad image file fails before any training
     defense = instantiate(cfg.defense) if cfg.get("defense") else None
-    the_split = split(victim, cfg.cut, defense)  # the cut spec (stage:K, depth:F, ...) resolved for victim
+    method = cfg.get("cut_method", "auto")  # auto (FX, or hooks where they find far more points), fx, hooks
+    the_split = split(victim, cfg.cut, defense, method=method)  # the cut spec (stage:K, ...) resolved
     point = the_split.point
     assert point is not None
     # a victim fine-tuned with a defense (splitinv-train-defense) must be run with that defense, at that cut
     load_defense(cfg.victim.get("weights"), the_split.defense, point)
-    cut_info = _cut_info(victim, point, datamodule.image_size)
+    cut_info = _cut_info(victim, point, datamodule.image_size, method)
     attack: Attack = instantiate(cfg.attack)
+    aux_datamodule, aux_kind = _aux_data(cfg, datamodule)
+    if attack.learns_from_observations:  # what the attacker learned from follows from the aux choice
+        attack.knowledge = dataclasses.replace(attack.knowledge, aux_data=aux_kind)
     logger = instantiate(cfg.logger, **_logger_group(cfg)) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger)
     device = trainer.strategy.root_device
@@ -81,7 +94,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             the_split,
             image_shape,
             victim=victim,
-            data=_fit_data(cfg, point, victim, datamodule, attack, the_split),
+            data=_fit_data(cfg, point, victim, aux_datamodule, attack, the_split),
             trainer=trainer,
             cut=cut_info,
         )
@@ -96,14 +109,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             lpips=cfg.lpips,
             trainer=trainer,
             reconstructions_dir=out_dir / "reconstructions" if attack.per_image else None,
+            evaluator=_evaluator(cfg, victim, device),
         )
         utility = the_split.utility(datamodule.predict_dataloader(), device=device)
         utility_test = _utility_on_held_out(cfg, the_split, datamodule, device)
-        baselines = _baselines(cfg, datamodule, attack, ev, device)
+        baselines = _baselines(cfg, datamodule, aux_datamodule, attack, ev, device)
         record = _record(
             cfg, key, the_split, victim, datamodule, attack, ev, train_stats, device, cut_info, start,
             utility=utility, utility_test=utility_test, baselines=baselines,
+            aux=None if aux_datamodule is datamodule else aux_datamodule, precision=str(trainer.precision),
         )  # fmt: skip
+        record["inputs"] = inputs  # the input files' digests: a changed file reruns the job
         image = results.grid(ev.originals, ev.reconstructions)
         extra = dict(attack.artifacts())
         extra[results.IMAGES_FILE] = lambda path: results.save_images(path, ev.originals, ev.reconstructions)
@@ -117,16 +133,53 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-def _baselines(cfg: DictConfig, datamodule: Any, attack: Attack, ev: Evaluation, device: torch.device) -> Any:
+def _evaluator(cfg: DictConfig, victim: Any, device: torch.device) -> Any:
+    """The independent evaluation classifier (``evaluator``: a victim config with its weights), or None."""
+    node = cfg.get("evaluator")
+    if not node:
+        return None
+    evaluator = instantiate(node)
+    if evaluator.describe() == victim.describe():
+        raise SplitinvError("evaluator is the victim itself: give another classifier (other weights).")
+    check_image_size(evaluator, int(cfg.data.image_size), int(cfg.data.channels))
+    return evaluator.eval().to(device)
+
+
+def _aux_data(cfg: DictConfig, datamodule: Any) -> tuple[Any, str]:
+    """The attacker's auxiliary datamodule and its kind (``same``: ``data``'s own auxiliary split; ``other``:
+    another dataset or noise, ``aux=...``). Evaluation images always come from ``data``."""
+    aux_cfg = cfg.get("aux") or {}
+    if "_target_" not in aux_cfg:  # aux=same (conf/aux/same.yaml)
+        return datamodule, "same"
+    aux_datamodule = instantiate(aux_cfg)
+    shape = (aux_datamodule.channels, aux_datamodule.image_size)
+    if shape != (datamodule.channels, datamodule.image_size):
+        raise SplitinvError(
+            f"aux={aux_datamodule.name} gives {shape[0]}-channel {shape[1]} px images but "
+            f"data={datamodule.name} {datamodule.channels}-channel {datamodule.image_size} px: set "
+            "aux.channels and aux.image_size."
+        )
+    return aux_datamodule, "other"
+
+
+def _baselines(
+    cfg: DictConfig,
+    datamodule: Any,
+    aux_datamodule: Any,
+    attack: Attack,
+    ev: Evaluation,
+    device: torch.device,
+) -> Any:
     """Trivial reconstructions (grey, mean auxiliary image, 4x4 / 8x8 low-pass) scored on the same
     evaluation images (``baselines: true``); adds the per-image ``beats_lowpass4`` column to ``ev``.
-    The mean auxiliary image only where the attacker has auxiliary data: a data-free run reads none."""
+    The mean auxiliary image (of the attacker's auxiliary data) only where the attacker has auxiliary data:
+    a data-free run reads none."""
     if not cfg.get("baselines", True):
         return None
     from splitinv import baselines
 
     has_data = attack.knowledge.aux_data != "none"
-    mean = baselines.mean_image(datamodule.aux_dataset()) if has_data else None
+    mean = baselines.mean_image(aux_datamodule.aux_dataset()) if has_data else None
     columns, lowpass4 = baselines.score(datamodule.predict_dataloader(), mean, lpips=cfg.lpips, device=device)
     ev.per_image["beats_lowpass4"] = baselines.beats(ev.per_image["ssim"], ev.per_image["index"], lowpass4)
     return {name: results.summary(values) for name, values in columns.items()}
@@ -176,9 +229,9 @@ def _logger_group(cfg: DictConfig) -> dict[str, Any]:
     return {}
 
 
-def _cut_info(victim: Any, point: str, image_size: int) -> dict[str, Any]:
+def _cut_info(victim: Any, point: str, image_size: int, method: str = "auto") -> dict[str, Any]:
     """Where the cut sits: its index among the victim's cut points, relative depth in [0, 1], and shape."""
-    points = describe_cut_points(victim, image_size=image_size)
+    points = describe_cut_points(victim, method=method, image_size=image_size)
     match = next((p for p in points if point == p.name or point in p.aliases), None)
     if match is None:  # a valid but unlisted node name: no depth to report
         return {"name": point, "index": None, "n_points": len(points), "relative_depth": None, "shape": None}
@@ -189,6 +242,13 @@ def _cut_info(victim: Any, point: str, image_size: int) -> dict[str, Any]:
         "n_points": len(points),
         "relative_depth": match.index / max(1, len(points) - 1),
         "shape": list(match.shape) if match.shape else None,
+        # what the victim's paper calls this cut (shallow / deep), where it says (splitinv.nets.he2019)
+        "paper_depth": getattr(victim, "paper_cuts", {}).get(match.name),
+        # the deployed architecture and its input normalisation: public, so even a black-box attacker knows
+        # them (published inverse networks, attack.preset=he2019, output normalised images)
+        "victim": getattr(victim, "name", None),
+        "input_mean": list(getattr(victim, "mean", ()) or ()) or None,
+        "input_std": list(getattr(victim, "std", ()) or ()) or None,
     }
 
 
@@ -208,13 +268,15 @@ def _record(
     utility: dict[str, Any],
     utility_test: dict[str, Any] | None,
     baselines: dict[str, Any] | None,
+    aux: Any = None,
+    precision: str = "32-true",
 ) -> dict[str, Any]:
     """The flat row a table builder reads (:func:`splitinv.results.build_record`)."""
     warnings_ = []
     if victim.weights == "random":
         warnings_.append(f"victim {victim.name} has RANDOM weights: not a trained network")
     if not ev.per_image.get("lpips"):
-        warnings_.append("LPIPS unavailable (backbone weights not cached): reported as null")
+        warnings_.append("LPIPS unavailable (weights not cached, or images too small): reported as null")
     return results.build_record(
         per_image=ev.per_image,
         victim=victim.name,
@@ -237,12 +299,13 @@ def _record(
             "attack": attack.describe(),
             "defense": the_split.defense.describe(),
             "data": datamodule.describe(),
+            "aux": "same" if aux is None else aux.describe(),
             "cut": cut_info,
         },
         cost={
             "wall_time_s": time.perf_counter() - start,
             "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-            "precision": str(cfg.trainer.get("precision", "32-true")),
+            "precision": precision,
             "train_images_per_s": train.get("train_images_per_s"),
             "train_steps": train.get("train_steps"),
             "attack_images_per_s": ev.images_per_s,
@@ -252,6 +315,7 @@ def _record(
             "peak_memory_mb": _peak_memory_mb(device),
         },
         warnings=warnings_,
+        precision=precision,
     )
 
 

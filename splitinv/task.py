@@ -8,34 +8,77 @@ closes this job's W&B run so each job of a sweep gets its own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from omegaconf import DictConfig
 
 from splitinv.config import check_group_choices
-from splitinv.errors import SplitinvError
+from splitinv.errors import ResultsExist, SplitinvError, os_error_line
 
 log = logging.getLogger(__name__)
 
 Task = Callable[[DictConfig], dict[str, Any]]
 
 
+class Terminated(BaseException):
+    """SIGTERM reached a job (how SLURM preempts and times out). A BaseException, so that no library's
+    ``except Exception`` swallows it: the job records it in failed.json and the command exits 143."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated(f"terminated by signal {signum} (SIGTERM): the job did not finish; rerun it to resume")
+
+
+@contextlib.contextmanager
+def _sigterm_records_failure() -> Any:
+    """Turn SIGTERM into :class:`Terminated` while a job runs, unless someone else (submitit's requeue on
+    preemption) already handles it."""
+    try:
+        installed = signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if installed else None
+    except ValueError:  # not the main thread: leave signals alone
+        installed, previous = False, None
+    try:
+        yield
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def run_task(command: str, task: Task, cfg: DictConfig, multirun: bool) -> dict[str, Any] | None:
-    """Run ``task(cfg)``; on failure record ``failed.json`` and report it as the command's rules say."""
+    """Run ``task(cfg)``; on failure record ``failed.json`` and report it as the command's rules say.
+
+    SIGTERM during the job records ``failed.json`` (terminated) and exits 143, in a sweep too: a preempted
+    sweep must not look finished. A rerun resumes (per-image attacks keep their finished images)."""
     from splitinv import results
 
     try:
-        return task(cfg)
-    except Exception as err:
+        with _sigterm_records_failure():
+            return task(cfg)
+    except Terminated as err:
         output_dir = cfg.get("paths", {}).get("output_dir")
         if output_dir:
+            results.write_failure(Path(output_dir), RuntimeError(str(err)))
+        print(f"{command}: error: {err}", file=sys.stderr, flush=True)
+        results.finish_wandb()
+        sys.stdout.flush()
+        os._exit(143)  # 128 + SIGTERM, at once: the launcher must not start the next job
+    except Exception as err:
+        output_dir = cfg.get("paths", {}).get("output_dir")
+        if output_dir and not isinstance(err, ResultsExist):  # never touch another config's results
             results.write_failure(Path(output_dir), err)
-        if isinstance(err, SplitinvError):  # one line, no traceback: the message says what to change
-            print(f"{command}: error: {err}", file=sys.stderr)
+        SweepStatus.failed.append(str(output_dir or "?"))  # in-process jobs; on_multirun_end adds the rest
+        if isinstance(err, (SplitinvError, OSError)):  # one line, no traceback: what to change
+            line = os_error_line(err) if isinstance(err, OSError) else str(err)
+            print(f"{command}: error: {line}", file=sys.stderr)
             if not multirun:
                 sys.exit(2)
         elif not multirun:
@@ -45,6 +88,71 @@ def run_task(command: str, task: Task, cfg: DictConfig, multirun: bool) -> dict[
         return None
     finally:
         results.finish_wandb()
+
+
+# Hydra flags that take the next argument as their value
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun"}  # fmt: skip
+
+
+def check_overrides(args: Sequence[str]) -> None:
+    """One-line errors for command lines Hydra would answer with a traceback: a value with an unquoted space
+    (``data.root=/my dir``), and a run or sweep folder that cannot be created."""
+    previous = ""
+    for arg in args:
+        if previous in _FLAGS_WITH_VALUE or arg.startswith("-") or "=" in arg:
+            previous = arg
+            continue
+        if "=" in previous and not previous.startswith("-"):
+            raise SplitinvError(
+                f"'{arg}' is not an override (no '='): a value with a space must be quoted as a whole, "
+                f"e.g. '{previous} {arg}'."
+            )
+        previous = arg
+    for arg in args:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
+            _check_creatable(Path(value).expanduser(), key)
+
+
+def _check_creatable(path: Path, key: str) -> None:
+    """A folder ``path`` can be created (or exists as a folder) and written: else a one-line error."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise SplitinvError(f"{key}={path}: {probe} is a file, not a folder: choose another {key}.")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise SplitinvError(f"{key}={path}: {probe} is not writable: choose a writable {key}.")
+
+
+class SweepStatus:
+    """A Hydra callback (``hydra.callbacks`` in conf/hydra/default.yaml): after a multirun, in the launching
+    process whatever the launcher, count the jobs of this sweep that wrote ``failed.json`` so the command can
+    exit non-zero (scripts and CI can tell), after the other jobs finished."""
+
+    failed: ClassVar[list[str]] = []
+
+    def __init__(self) -> None:
+        self.start = 0.0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.start = time.time()
+        SweepStatus.failed.clear()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from splitinv.results import FAILED_FILE
+
+        root = Path(str(config.hydra.sweep.dir))
+        if root.is_dir():  # jobs in other processes (joblib, submitit) leave their failed.json
+            written = {str(p.parent) for p in root.rglob(FAILED_FILE) if p.stat().st_mtime >= self.start - 1}
+            SweepStatus.failed[:] = sorted(written | set(SweepStatus.failed))
+
+    # the other hooks Hydra calls
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None: ...
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None: ...
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None: ...
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None: ...
 
 
 def hydra_command(
@@ -73,6 +181,7 @@ def hydra_command(
     def main(argv: Sequence[str] | None = None) -> None:
         args = list(sys.argv[1:] if argv is None else argv)
         try:
+            check_overrides(args)
             check_group_choices(args)
             if prepare_argv is not None:
                 args = prepare_argv(args)
@@ -80,6 +189,14 @@ def hydra_command(
             print(f"{command}: error: {err}", file=sys.stderr)
             sys.exit(2)
         sys.argv[1:] = args
+        SweepStatus.failed.clear()
         _hydra_main()
+        if SweepStatus.failed:  # a multirun in which jobs failed: the others finished, the exit says so
+            print(
+                f"{command}: {len(SweepStatus.failed)} job(s) failed (failed.json in "
+                f"{', '.join(SweepStatus.failed[:5])}{' ...' if len(SweepStatus.failed) > 5 else ''})",
+                file=sys.stderr,
+            )
+            sys.exit(1)
 
     return main

@@ -34,8 +34,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "splitinv-victim/1"
 OWN_WEIGHTS = "own"  # what a wrapped module's weights are recorded as when no weights file is given
-# timm architectures whose constructor takes img_size (patch-embedding transformers)
-_TIMM_SIZED = ("vit", "deit", "beit", "eva", "cait", "xcit", "swin", "pvt", "twins")
+# the constructor argument that sizes a model for its input, per library (position embeddings depend on it)
+_SIZE_KEYS = {"torchvision": "image_size", "timm": "img_size"}
 
 
 class Normalize(nn.Module):
@@ -109,6 +109,8 @@ VICTIMS: Registry[Callable[..., Victim]] = Registry(
     "victim", "register your own with splitinv.victims.register_victim, or wrap it with wrap_module."
 )
 VICTIMS.register("dcgan_discriminator", "splitinv.gans.dcgan:build_dcgan_discriminator")
+VICTIMS.register("he2019_mnist", "splitinv.nets.he2019:build_he2019_mnist")
+VICTIMS.register("he2019_cifar", "splitinv.nets.he2019:build_he2019_cifar")
 
 
 def register_victim(name: str) -> Callable[[Callable[..., Victim]], Callable[..., Victim]]:
@@ -160,7 +162,20 @@ def _cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _torchvision_imagenet(name: str, num_classes: int | None, kwargs: dict) -> tuple[nn.Module, dict]:
+def _construct(build: Callable[..., nn.Module], kwargs: dict, added: str | None) -> nn.Module:
+    """``build(**kwargs)``; where ``added`` (the size argument that :func:`_size_kwargs` added) is refused
+    by the constructor (a convolutional model that takes any size), ``build`` without it."""
+    try:
+        return build(**kwargs)
+    except TypeError as err:
+        if added is None or f"unexpected keyword argument '{added}'" not in str(err):
+            raise
+    return build(**{k: v for k, v in kwargs.items() if k != added})
+
+
+def _torchvision_imagenet(
+    name: str, num_classes: int | None, kwargs: dict, added: str | None = None
+) -> tuple[nn.Module, dict]:
     import torchvision
 
     weights = torchvision.models.get_model_weights(name).DEFAULT
@@ -169,7 +184,7 @@ def _torchvision_imagenet(name: str, num_classes: int | None, kwargs: dict) -> t
             f"{name} ImageNet weights have {len(weights.meta['categories'])} classes, not {num_classes}: "
             "drop num_classes, or train a victim with `splitinv-train-victim` and pass its checkpoint."
         )
-    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    model = _construct(lambda **kw: torchvision.models.get_model(name, weights=None, **kw), kwargs, added)
     filename = os.path.basename(weights.url)
     cached = _cache_dir() / filename
     try:
@@ -198,13 +213,15 @@ def _torchvision_imagenet(name: str, num_classes: int | None, kwargs: dict) -> t
     return model, meta
 
 
-def _timm_imagenet(name: str, num_classes: int | None, kwargs: dict) -> tuple[nn.Module, dict]:
+def _timm_imagenet(
+    name: str, num_classes: int | None, kwargs: dict, added: str | None = None
+) -> tuple[nn.Module, dict]:
     import timm
 
     if num_classes is not None:
         kwargs = {**kwargs, "num_classes": num_classes}
     try:
-        model = timm.create_model(name, pretrained=True, **kwargs)
+        model = _construct(lambda **kw: timm.create_model(name, pretrained=True, **kw), kwargs, added)
     except (urllib.error.URLError, OSError, RuntimeError) as err:
         cfg = timm.models.get_pretrained_cfg(name)
         from huggingface_hub import constants as hf_constants  # a timm dependency
@@ -230,30 +247,28 @@ def _timm_imagenet(name: str, num_classes: int | None, kwargs: dict) -> tuple[nn
     return model, meta
 
 
-def _build_random(family: str, name: str, num_classes: int | None, kwargs: dict) -> nn.Module:
+def _build_random(
+    family: str, name: str, num_classes: int | None, kwargs: dict, added: str | None = None
+) -> nn.Module:
     if num_classes is not None:
         kwargs = {**kwargs, "num_classes": num_classes}
     if family == "torchvision":
         import torchvision
 
-        return torchvision.models.get_model(name, weights=None, **kwargs)
+        return _construct(lambda **kw: torchvision.models.get_model(name, weights=None, **kw), kwargs, added)
     import timm
 
-    return timm.create_model(name, pretrained=False, **kwargs)
+    return _construct(lambda **kw: timm.create_model(name, pretrained=False, **kw), kwargs, added)
 
 
-def _size_kwargs(family: str, name: str, image_size: int | None, kwargs: dict) -> dict:
-    """Vision transformers are built for their input size (their position embeddings depend on it)."""
-    if image_size is None or "image_size" in kwargs or "img_size" in kwargs:
-        return kwargs
-    if family == "torchvision" and name.startswith("vit_"):
-        return {**kwargs, "image_size": int(image_size)}
-    if family == "timm":
-        import timm
-
-        if timm.models.get_arch_name(name).startswith(_TIMM_SIZED):
-            return {**kwargs, "img_size": int(image_size)}
-    return kwargs
+def _size_kwargs(family: str, image_size: int | None, kwargs: dict) -> tuple[dict, str | None]:
+    """``kwargs`` with the input size for the constructor (a ViT's position embeddings depend on it), and
+    the key added (None when none was): :func:`_construct` drops it for constructors that do not take it,
+    so the model's own signature decides, not a list of architecture names."""
+    key = _SIZE_KEYS.get(family)
+    if image_size is None or key is None or "image_size" in kwargs or "img_size" in kwargs:
+        return kwargs, None
+    return {**kwargs, key: int(image_size)}, key
 
 
 def _num_classes(model: nn.Module) -> int:
@@ -323,13 +338,14 @@ def build_victim(
     if str(name) in VICTIMS:
         return VICTIMS[str(name)](weights, num_classes=num_classes, image_size=image_size, **model_kwargs)
     family, name = _resolve_family(str(name))
-    if str(weights).lower() != "imagenet" or family == "timm":
-        model_kwargs = _size_kwargs(family, name, image_size, model_kwargs)
+    added: str | None = None
+    if str(weights).lower() != "imagenet" or family == "timm":  # torchvision's weights fix their own size
+        model_kwargs, added = _size_kwargs(family, image_size, model_kwargs)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     weights_desc: str
     default_size = 224
     if is_random_weights(weights):
-        model = _build_random(family, name, num_classes, model_kwargs)
+        model = _build_random(family, name, num_classes, model_kwargs, added)
         weights_desc = "random"
         warnings.warn(
             f"victim {name} has RANDOM weights (weights=None): its activations are not those of a trained "
@@ -338,7 +354,7 @@ def build_victim(
         )
     elif str(weights).lower() == "imagenet":
         load = _torchvision_imagenet if family == "torchvision" else _timm_imagenet
-        model, meta = load(name, num_classes, model_kwargs)
+        model, meta = load(name, num_classes, model_kwargs, added)
         mean, std, default_size, num_classes = (
             meta["mean"],
             meta["std"],
@@ -354,9 +370,10 @@ def build_victim(
             mean, std = tuple(checkpoint["mean"]), tuple(checkpoint["std"])
             default_size = checkpoint["image_size"]
             # ViTs' position embeddings depend on the size they were built for: build for the checkpoint's
-            # (a no-op when image_size was passed, or for CNNs)
-            model_kwargs = _size_kwargs(family, name, default_size, model_kwargs)
-        model = _build_random(family, name, num_classes, model_kwargs)
+            # (a no-op when image_size was passed)
+            if added is None:
+                model_kwargs, added = _size_kwargs(family, default_size, model_kwargs)
+        model = _build_random(family, name, num_classes, model_kwargs, added)
         _load_state(model, state, path, name)
         weights_desc = str(path)
     model.eval()

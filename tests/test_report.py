@@ -133,3 +133,42 @@ def test_layers_command_lists_points_with_shapes(capsys: pytest.CaptureFixture) 
         line = next(line for line in out.splitlines() if f" {name} " in line)
         assert shape in line
     assert "layer1.0.conv1" not in out  # inside a residual block: not a valid cut point
+
+
+def test_table_help_names_every_metric_it_accepts():
+    import re
+
+    from splitinv.baselines import NAMES, SCORED
+    from splitinv.cli import TABLE_METRICS
+    from splitinv.report import BASELINES, DIRECTIONS
+
+    listed = set(re.findall(r"[a-z_0-9]+", TABLE_METRICS.split(", and the")[0]))
+    assert listed == set(DIRECTIONS) - set(BASELINES)
+    assert all(name in TABLE_METRICS for name in (*NAMES, *SCORED))
+
+
+def test_unresolved_placeholders_never_show_in_tables(tmp_path):
+    from splitinv.report import collect
+
+    job = tmp_path / "0" / ".hydra"
+    job.mkdir(parents=True)
+    (job / "config.yaml").write_text(
+        "layer: block2\ncut: ${layer}\nattack:\n  name: gan_invert\nvictim:\n  name: dcgan\n"
+        "  weights: ${paths.x}\npaths:\n  x: ${hydra:runtime.output_dir}\n"
+    )
+    frame = collect(tmp_path)
+    row = frame.iloc[0]
+    assert row["cut"] == "block2" and row["status"] == "missing"
+    assert not any("${" in str(v) for v in row.values)
+
+
+def test_depth_figure_is_titled_with_what_it_shows(tmp_path):
+    import pandas as pd
+
+    from splitinv.report import _figure_title
+
+    frame = pd.DataFrame(
+        {"victim": ["resnet18", "vit_b_16"], "attack": ["decoder"] * 2, "data": ["photos"] * 2,
+         "defense_setting": ["none", "none"], "seed": [0, 1]}
+    )  # fmt: skip
+    assert _figure_title(frame) == "victim resnet18, vit_b_16; attack decoder; data photos (2 seeds)"

@@ -18,7 +18,7 @@ from splitinv import build_victim, cut
 from splitinv.config import compose
 from splitinv.cut import extractor, resolve_point, stage_points
 from splitinv.data import FashionMNISTDataModule
-from splitinv.errors import SplitinvError
+from splitinv.errors import ResultsExist, SplitinvError
 from splitinv.features import FeatureCache
 from splitinv.report import collect, plot_depth, plot_reconstructions, table
 from splitinv.run import expand_cut_sweep, run
@@ -189,8 +189,10 @@ def test_a_finished_job_is_skipped_and_a_changed_one_reruns(
 
     monkeypatch.setattr(run_module, "instantiate", must_not_build)
     assert run(compose([*TINY, "cut=layer2", "trainer.enable_progress_bar=true"], output_dir=out)) == first
-    with pytest.raises(AssertionError, match="run again"):  # another config: the job runs
+    with pytest.raises(ResultsExist, match="another config"):  # another config: refused, results untouched
         run(compose([*TINY, "cut=layer2", "attack.lr=0.01"], output_dir=out))
+    with pytest.raises(AssertionError, match="run again"):  # ... unless overwrite=true: the job runs
+        run(compose([*TINY, "cut=layer2", "attack.lr=0.01", "overwrite=true"], output_dir=out))
     with pytest.raises(AssertionError, match="run again"):  # skip_done=false: the job runs
         run(compose([*TINY, "cut=layer2", "skip_done=false"], output_dir=out))
 
@@ -198,7 +200,8 @@ def test_a_finished_job_is_skipped_and_a_changed_one_reruns(
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     proc = _splitinv_run("-m", *TINY, "cut=layer2,layr9", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]  # the sweep went on, and its exit says a job failed
+    assert "1 job(s) failed" in proc.stderr
     assert (sweep / "0" / "metrics.json").is_file()
     failed = json.loads((sweep / "1" / "failed.json").read_text())
     assert "layr9" in failed["error"] and "Traceback" in failed["traceback"]

@@ -17,8 +17,9 @@ model allows, and scores what :meth:`Attack.invert` returns::
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -33,6 +34,36 @@ if TYPE_CHECKING:  # pragma: no cover
 
 ACCESS = ("black-box", "white-box")
 AUX_DATA = ("same", "other", "none")
+
+
+def check_choice(name: str, value: Any, valid: Sequence[str]) -> str:
+    """``value`` if it is one of ``valid``, else a one-line error naming ``attack.<name>`` and the choices."""
+    if value not in valid:
+        raise SplitinvError(f"unknown attack.{name} {value!r}: choose one of {', '.join(valid)}.")
+    return str(value)
+
+
+def check_number(name: str, value: Any, minimum: float = 0.0, strict: bool = False) -> float:
+    """``value`` as a finite float >= ``minimum`` (> with ``strict``), else a one-line error: the one
+    validation of every attack's numeric settings (NaN, negative and non-numeric values are refused)."""
+    if isinstance(value, bool):
+        raise SplitinvError(f"attack.{name} must be a number, got {value!r}.")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise SplitinvError(f"attack.{name} must be a number, got {value!r}.") from None
+    if not math.isfinite(v) or v < minimum or (strict and v == minimum):
+        op = ">" if strict else ">="
+        raise SplitinvError(f"attack.{name} must be a finite number {op} {minimum}, got {value!r}.")
+    return v
+
+
+def check_int(name: str, value: Any, minimum: int = 0) -> int:
+    """``value`` as an int >= ``minimum`` (an integral float is accepted), else a one-line error."""
+    v = check_number(name, value, minimum)
+    if v != int(v):
+        raise SplitinvError(f"attack.{name} must be a whole number, got {value!r}.")
+    return int(v)
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,21 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from splitinv.attacks.base import Attack, AttackContext, AttackerKnowledge, Reconstruction, Writer
+from splitinv.attacks.base import (
+    Attack,
+    AttackContext,
+    AttackerKnowledge,
+    Reconstruction,
+    Writer,
+    check_number,
+)
 from splitinv.attacks.decoder import DECODER_FILE
 from splitinv.attacks.priors import BNStatsPrior, alpha_norm, random_flip, random_jitter, total_variation
 from splitinv.cut import CutPoint, cut, describe_cut_points
 from splitinv.decoders import conv_block, to_map, up_block
 from splitinv.errors import SplitinvError
-from splitinv.io import save_atomic
+from splitinv.io import load_file, save_atomic
+from splitinv.training import LossMonitor, monitor
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +286,8 @@ def synthesize(
             x.requires_grad_(True)
             targets = torch.randint(num_classes, (b,), generator=gen).to(device) if num_classes else None
             opt = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.9), eps=1e-8)
+            hint = f"lower attack.synth_lr (now {lr}) or check the victim's BatchNorm statistics."
+            watch = LossMonitor("DCI synthesis loss", hint, unit="iteration")  # syncs every CHECK_EVERY
             for it in range(iterations):
                 for group in opt.param_groups:  # cosine decay, as DeepInversion's lr_cosine_policy
                     group["lr"] = 0.5 * lr * (1 + math.cos(math.pi * it / max(1, iterations)))
@@ -290,24 +300,16 @@ def synthesize(
                 loss = bn_weight * bn + tv_weight * tv + l2_weight * l2
                 ce = F.cross_entropy(out, targets) if targets is not None else torch.zeros((), device=device)
                 loss = loss + ce_weight * ce
-                if not torch.isfinite(loss):
-                    raise SplitinvError(
-                        f"DCI synthesis loss became {loss.item()} at iteration {it}: lower attack.synth_lr "
-                        f"(now {lr}) or check the victim's BatchNorm statistics."
-                    )
+                watch.update({"loss": loss, "bn": bn, "tv": tv, "ce": ce}, step=it)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 with torch.no_grad():
                     x.clamp_(0, 1)
+            last = watch.check()  # the batch's last iterations are checked too (one sync per batch)
             images.append(x.detach().cpu())
-            if iterations > 0:
-                stats = {
-                    "synth_loss": loss.item(),
-                    "synth_bn": bn.item(),
-                    "synth_tv": tv.item(),
-                    "synth_ce": ce.item(),
-                }
+            if last is not None:
+                stats = {f"synth_{k}": v for k, v in last.items()}
     return torch.cat(images), stats
 
 
@@ -395,21 +397,12 @@ class DCIModule(L.LightningModule):
         finetune = self.finetune_from is not None and self.current_epoch >= self.finetune_from
         terms = self.losses(x, finetune)
         loss = terms["loss"]
-        if not torch.isfinite(loss):
-            raise SplitinvError(
-                f"DCI inverter loss became {loss.item()} at step {self.global_step}: lower attack.lr "
-                f"(now {self.lr}) or check the victim's activations for inf/NaN."
-            )
+        hint = f"lower attack.lr (now {self.lr}) or check the victim's activations for inf/NaN."
+        # checked and logged every CHECK_EVERY steps, epoch means accumulated on the device: no sync per step
+        monitor(self, "DCI inverter loss", hint).update(
+            terms, self, batch_idx=batch_idx, batch_size=x.shape[0], epoch_means=True
+        )
         self.images_seen += x.shape[0]
-        for key, value in terms.items():
-            self.log(
-                f"train/{key}",
-                value,
-                prog_bar=key == "loss",
-                on_step=True,
-                on_epoch=True,
-                batch_size=x.shape[0],
-            )
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -463,19 +456,19 @@ class DCIAttack(Attack):
         self.settings: dict[str, Any] = {
             "blocks": _check_blocks(blocks),
             "width": width,
-            "cycle_weight": float(cycle_weight),
-            "lr": float(lr),
+            "cycle_weight": check_number("cycle_weight", cycle_weight),
+            "lr": check_number("lr", lr, 0.0, strict=True),
             "batch_size": batch_size,
             "finetune_epochs": finetune_epochs,
             "synth_images": synth_images,
             "synth_batch": synth_batch,
             "synth_iterations": synth_iterations,
-            "synth_lr": float(synth_lr),
-            "bn_weight": float(bn_weight),
-            "first_bn_scale": float(first_bn_scale),
-            "tv_weight": float(tv_weight),
-            "l2_weight": float(l2_weight),
-            "ce_weight": float(ce_weight),
+            "synth_lr": check_number("synth_lr", synth_lr, 0.0, strict=True),
+            "bn_weight": check_number("bn_weight", bn_weight),
+            "first_bn_scale": check_number("first_bn_scale", first_bn_scale),
+            "tv_weight": check_number("tv_weight", tv_weight),
+            "l2_weight": check_number("l2_weight", l2_weight),
+            "ce_weight": check_number("ce_weight", ce_weight),
             "jitter": jitter,
             "flip": bool(flip),
             "seed": int(seed),
@@ -693,12 +686,15 @@ def _num_classes(victim: nn.Module) -> int:
 
 def load_chain(path: str | Path) -> tuple[InverterChain, dict[str, Any]]:
     """An inverter chain saved by :meth:`DCIAttack.save` (loaded with weights_only=True), and its metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise SplitinvError(f"DCI checkpoint {path} does not exist: train one with attack=dci first.")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_file(path, "DCI checkpoint", hint="train one with attack=dci first.")
     if not isinstance(obj, dict) or obj.get("format") != DCI_FORMAT:
         raise SplitinvError(f"{path} is not a splitinv DCI checkpoint (expected format {DCI_FORMAT}).")
-    chain = InverterChain(obj["shapes"], obj.get("width"))
-    chain.load_state_dict(obj["state_dict"])
+    try:
+        chain = InverterChain(obj["shapes"], obj.get("width"))
+        chain.load_state_dict(obj["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise SplitinvError(
+            f"DCI checkpoint {path} does not fit the inverter chain it describes ({type(err).__name__}; an "
+            "older or edited file?): retrain it with attack=dci."
+        ) from err
     return chain.eval(), {k: v for k, v in obj.items() if k != "state_dict"}

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from splitinv import metrics, results
-from splitinv.config import config_hash, instantiate
+from splitinv.config import config_hash, input_files, instantiate
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator
 from splitinv.gans.invert import METHODS, invert_batches, perceptual_loss, state_error, train_encoder
@@ -55,7 +55,9 @@ def gan_invert(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     out_dir = Path(cfg.paths.output_dir)
     key = config_hash(cfg)
-    done = results.existing(out_dir, key) if cfg.get("skip_done", True) else None
+    inputs = input_files(cfg)
+    results.check_folder_free(out_dir, key, overwrite=bool(cfg.get("overwrite", False)))
+    done = results.existing(out_dir, key, inputs) if cfg.get("skip_done", True) else None
     if done is not None:
         return done
     if cfg.method not in METHODS:
@@ -114,10 +116,12 @@ def gan_invert(cfg: DictConfig) -> dict[str, Any]:
             "optimize": OmegaConf.to_container(cfg.optimize) if cfg.method != "encoder" else None,
         },
         cost={"wall_time_s": time.perf_counter() - start, "device": str(trainer.strategy.root_device)},
+        precision=str(trainer.precision) if encoder is not None else "32-true",  # the search runs in fp32
         warnings=(["generator has RANDOM weights"] if generator.weights == "random" else [])
         + ([] if per_image.get("lpips") else ["LPIPS unavailable (backbone weights not cached): null"])
         + (["perceptual term dropped (LPIPS-vgg weights not cached): pixel L1 only"] if dropped else []),
     )
+    record["inputs"] = inputs  # the input files' digests: a changed file reruns the job
     if trainer.is_global_zero:
         results.write_run(
             out_dir,
