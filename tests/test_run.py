@@ -178,14 +178,27 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["defense=gausian"], "unknown defense 'gausian' \\(did you mean gaussian\\?\\)"),
     ],
 )
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, overrides: list[str], message: str) -> None:
-    out = tmp_path / "run"
-    proc = _cli(*TINY, "logger=csv", f"hydra.run.dir={out}", *overrides, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("splitinv-run: error:")]
-    assert len(error_lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+def test_bad_input_is_one_line_and_writes_nothing(
+    tmp_path: Path, overrides: list[str], message: str, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
     import re
 
+    from splitinv.run import main
+
+    out = tmp_path / "run"
+    args = [*TINY, "logger=csv", f"hydra.run.dir={out}", *overrides]
+    if overrides == ["victim.name=resnt18"]:  # one case through the console script, in its own process
+        proc = _cli(*args, cwd=tmp_path)
+        code, stderr = proc.returncode, proc.stderr
+    else:  # the same entry point in this process (a subprocess costs seconds of imports per case)
+        monkeypatch.setattr(sys, "argv", ["splitinv-run", *args])
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        code, stderr = exit_info.value.code, capsys.readouterr().err
+    assert code == 2, stderr[-2000:]
+    error_lines = [line for line in stderr.splitlines() if line.startswith("splitinv-run: error:")]
+    assert len(error_lines) == 1 and "Traceback" not in stderr, stderr[-2000:]
     assert re.search(message, error_lines[0]), error_lines[0]
     assert not list(tmp_path.rglob("metrics.json"))
 
