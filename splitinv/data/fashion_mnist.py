@@ -55,7 +55,7 @@ class FashionMNISTDataModule(_SplitDataModule):
     TORCHVISION_CLASS = "FashionMNIST"
     VENDORED = VENDORED_FASHION_MNIST
     CLASSES: ClassVar[list[str]] = _FASHION_CLASSES
-    DEBIAN: Path | None = DEBIAN_FASHION_MNIST
+    HAS_DEBIAN_COPY = True  # Debian packages Fashion-MNIST (dataset-fashion-mnist), not MNIST
     MINI_CONFIG = "fashion_mnist_mini"
 
     def __init__(
@@ -90,7 +90,8 @@ class FashionMNISTDataModule(_SplitDataModule):
             return
         raw = self.raw_folder
         missing = [f for f in _FASHION_FILES if not (raw / f).is_file()]
-        places = [raw] + ([self.DEBIAN] if self.DEBIAN is not None else [])
+        # the module-level path, read now (tests point it elsewhere)
+        places = [raw] + ([DEBIAN_FASHION_MNIST] if self.HAS_DEBIAN_COPY else [])
         sources = {
             f: next((p / f"{f}.gz" for p in places if (p / f"{f}.gz").is_file()), None) for f in missing
         }
@@ -104,7 +105,7 @@ class FashionMNISTDataModule(_SplitDataModule):
             return
         if not missing:
             return
-        debian = "apt install dataset-fashion-mnist, or " if self.DEBIAN is not None else ""
+        debian = "apt install dataset-fashion-mnist, or " if self.HAS_DEBIAN_COPY else ""
         hint = (
             f"{debian}place {', '.join(_FASHION_FILES)} (or their .gz) in {raw}, or use vendored=True "
             f"(data={self.MINI_CONFIG})"

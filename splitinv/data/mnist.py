@@ -22,5 +22,5 @@ class MNISTDataModule(FashionMNISTDataModule):
     TORCHVISION_CLASS = "MNIST"
     VENDORED = VENDORED_MNIST
     CLASSES: ClassVar[list[str]] = [str(d) for d in range(10)]
-    DEBIAN = None
+    HAS_DEBIAN_COPY = False
     MINI_CONFIG = "mnist_mini"
