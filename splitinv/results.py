@@ -7,6 +7,7 @@ metrics.json last, so a failed run never leaves a results file that a table buil
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -24,6 +25,8 @@ from torchvision.utils import make_grid, save_image
 from splitinv import metrics
 from splitinv.errors import ResultsExist, SplitinvError
 from splitinv.io import load_file, save_atomic
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 SAMPLES_FILE = "samples.csv"
@@ -115,31 +118,38 @@ def finished(out_dir: str | Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and record.get("status") == "ok" else None
 
 
-def existing(
-    out_dir: str | Path, config_hash: str, inputs: dict[str, str] | None = None
+def reusable(
+    out_dir: str | Path,
+    config_hash: str,
+    inputs: dict[str, str],
+    *,
+    skip_done: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any] | None:
-    """The finished record in ``out_dir`` when it was made from the same config and, where ``inputs`` is
-    given, from the same input files (:func:`splitinv.config.input_files`), for resumed sweeps."""
-    record = finished(out_dir)
-    if record is None or record.get("config_hash") != config_hash:
-        return None
-    if inputs is not None and record.get("inputs") != inputs:
-        return None
-    return record
+    """What a job finds in its folder, read once: the finished record to reuse (same config and same input
+    files, :func:`splitinv.config.input_files`, with ``skip_done``), or None to run.
 
-
-def check_folder_free(out_dir: str | Path, config_hash: str, overwrite: bool = False) -> None:
-    """Refuse (:class:`ResultsExist`, the folder untouched) to write into a job folder whose finished results
-    came from a different config, unless ``overwrite``: a sweep relaunched with other values into an
-    existing sweep folder must not replace the jobs it already finished."""
+    Finished results of a different config are refused (:class:`ResultsExist`, the folder untouched) unless
+    ``overwrite``: a sweep relaunched with other values into an old sweep folder must not replace the jobs
+    it finished. Same config with changed input files (a victim retrained into the same path) reruns, with
+    a warning naming what changed."""
     record = finished(out_dir)
-    if record is None or overwrite or record.get("config_hash") == config_hash:
-        return
-    raise ResultsExist(
-        f"{out_dir} holds finished results of another config (config_hash {record.get('config_hash')}, now "
-        f"{config_hash}): launch into a new folder (hydra.sweep.dir=... / hydra.run.dir=...) or pass "
-        "overwrite=true to replace them."
-    )
+    if record is None:
+        return None
+    if record.get("config_hash") != config_hash:
+        if overwrite:
+            return None
+        raise ResultsExist(
+            f"{out_dir} holds finished results of another config (config_hash {record.get('config_hash')}, "
+            f"now {config_hash}): launch into a new folder (hydra.sweep.dir=... / hydra.run.dir=...) or pass "
+            "overwrite=true to replace them."
+        )
+    old = record.get("inputs") or {}
+    if old == inputs:
+        return record if skip_done else None
+    changed = sorted(k for k in {*inputs, *old} if inputs.get(k) != old.get(k))
+    log.warning("%s: input files changed since its results (%s): rerunning", out_dir, ", ".join(changed))
+    return None
 
 
 def write_failure(out_dir: str | Path, err: BaseException) -> Path:

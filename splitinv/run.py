@@ -51,16 +51,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     key = config_hash(cfg)
     inputs = input_files(cfg)
-    results.check_folder_free(out_dir, key, overwrite=bool(cfg.get("overwrite", False)))
-    done = results.existing(out_dir, key, inputs) if cfg.get("skip_done", True) else None
+    done = results.reusable(
+        out_dir,
+        key,
+        inputs,
+        skip_done=cfg.get("skip_done", True),
+        overwrite=bool(cfg.get("overwrite", False)),
+    )
     if done is not None:
         log.info("results for this config already in %s: skipping (skip_done=false reruns)", out_dir)
         return done
-    earlier = results.existing(out_dir, key)
-    if earlier is not None:  # same config, changed input files: the old numbers are stale
-        old = earlier.get("inputs") or {}
-        changed = sorted(k for k in {*inputs, *old} if inputs.get(k) != old.get(k))
-        log.warning("%s: input files changed since its results (%s): rerunning", out_dir, ", ".join(changed))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.lpips not in ("auto", "required", "off"):
         raise SplitinvError(f"lpips={cfg.lpips!r} is not one of auto, required, off.")

@@ -55,7 +55,7 @@ def test_a_victim_retrained_into_the_same_path_reruns_the_job(tmp_path, caplog):
     assert json.loads((tmp_path / "job" / "metrics.json").read_text())["psnr"] == first["psnr"]  # reused
     _victim(weights, 1)  # retrained: same path, same config text, other weights
     assert input_files(cfg)["victim.weights"] != first["inputs"]["victim.weights"]
-    with caplog.at_level(logging.WARNING, logger="splitinv.run"):
+    with caplog.at_level(logging.WARNING, logger="splitinv.results"):
         second = run(cfg)
     assert "input files changed since its results (victim.weights): rerunning" in caplog.text
     assert second["inputs"] != first["inputs"] and second["psnr"]["mean"] != first["psnr"]["mean"]

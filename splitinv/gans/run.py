@@ -56,8 +56,13 @@ def gan_invert(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     key = config_hash(cfg)
     inputs = input_files(cfg)
-    results.check_folder_free(out_dir, key, overwrite=bool(cfg.get("overwrite", False)))
-    done = results.existing(out_dir, key, inputs) if cfg.get("skip_done", True) else None
+    done = results.reusable(
+        out_dir,
+        key,
+        inputs,
+        skip_done=cfg.get("skip_done", True),
+        overwrite=bool(cfg.get("overwrite", False)),
+    )
     if done is not None:
         return done
     if cfg.method not in METHODS:
