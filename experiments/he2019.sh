@@ -17,7 +17,7 @@ esac
 VICTIM="$OUT/victim.pt"
 # VICTIM_EPOCHS: fewer epochs than the recipe's (the tests' CPU-sized run)
 [ -f "$VICTIM" ] || splitinv-train-victim "recipe=$RECIPE" "checkpoint=$VICTIM" \
-  trainer.enable_progress_bar=false "hydra.run.dir=$OUT/victim" ${VICTIM_EPOCHS:+trainer.max_epochs=$VICTIM_EPOCHS}
+  "hydra.run.dir=$OUT/victim" ${VICTIM_EPOCHS:+trainer.max_epochs=$VICTIM_EPOCHS}
 splitinv-run -m "experiment=$EXPERIMENT" "victim.weights=$VICTIM" "hydra.sweep.dir=$OUT/sweep" "$@"
 splitinv table "$OUT/sweep" --published he2019 --rows attack+aux_data+preset --cols cut \
   --metrics psnr,ssim,beats_lowpass4 --output "$OUT/table.md"

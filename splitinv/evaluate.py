@@ -26,12 +26,12 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from splitinv import metrics
 from splitinv.attacks.base import Attack
 from splitinv.errors import SplitinvError
 from splitinv.io import load_file, save_atomic
+from splitinv.progress import track
 from splitinv.split import Split
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ def reconstruct(
     if trainer is None:
         split.to(device)
         attacked = 0
-        for batch in tqdm(loader, desc=f"{attack.name}", disable=not progress, leave=False):
+        for batch in track(loader, desc=attack.name, unit="batch", enabled=progress):
             x, _labels, index = _batch_parts(batch)
             if index is None:
                 raise SplitinvError("per-image attacks need the evaluation index in each batch.")
@@ -297,7 +297,7 @@ def evaluate(
     kept_x: list[torch.Tensor] = []
     kept_hat: list[torch.Tensor] = []
     n = 0
-    for batch in tqdm(loader, desc="attack+score", disable=not progress, leave=False):
+    for batch in track(loader, desc="attack+score", unit="batch", enabled=progress):
         x, labels, index = _batch_parts(batch)
         x, labels = x.to(device).float(), labels.to(device)
         if index is None:

@@ -42,12 +42,12 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
-from tqdm.auto import tqdm
 
 from splitinv.config import file_digest
 from splitinv.cut import extractor
 from splitinv.defenses.base import Defense, NoDefense
 from splitinv.errors import SplitinvError
+from splitinv.progress import track
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = "splitinv-features/2"
@@ -447,7 +447,7 @@ class FeatureCache:
         device = next(self.victim.parameters()).device
         self.victim.eval()
         try:
-            for i, batch in enumerate(tqdm(loader, desc="caching activations", leave=False)):
+            for i, batch in enumerate(track(loader, desc="caching activations", unit="batch")):
                 # every batch is drawn (the same random crops in the same order), finished ones skip the head
                 needed = [p for p, w in writers.items() if w.done <= i]
                 if not needed:

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from splitinv.errors import SplitinvError
+from splitinv.progress import track
 
 State = dict[str, Tensor]  # named tensors; a generator's state at a cut (splitinv.gans.base.State)
 
@@ -53,7 +53,7 @@ def optimize_state(
     best_loss = torch.full((first.shape[0],), float("inf"), device=first.device)
     finite = torch.ones((), dtype=torch.bool, device=first.device)
     with torch.enable_grad():
-        for step in tqdm(range(steps), desc=name, leave=False, disable=not progress):
+        for step in track(range(steps), desc=name, enabled=progress):
             loss = objective(free)
             finite = finite & torch.isfinite(loss.detach()).all()
             if (step == 0 or (step + 1) % check_every == 0 or step + 1 == steps) and not bool(finite):

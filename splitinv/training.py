@@ -8,7 +8,9 @@ precision setting (``auto``: bf16 where the hardware has it) and the trainer fac
 - :func:`resolve_precision`: ``auto`` is ``bf16-mixed`` on a CUDA GPU with bf16 and on a CPU with AMX tiles,
   ``32-true`` elsewhere; any other value is Lightning's own.
 - :func:`build_trainer`: ``conf/trainer/*.yaml``'s target, a Lightning Trainer with the precision resolved
-  and, when asked, ``channels_last`` weights and ``torch.compile``\\ d networks (:class:`Speed`).
+  and, when asked, ``channels_last`` weights and ``torch.compile``\\ d networks (:class:`Speed`); its
+  progress is tqdm's bar on a terminal and log lines elsewhere (:mod:`splitinv.progress`), and Lightning's
+  notices that are not about the run are filtered out.
 """
 
 from __future__ import annotations
@@ -16,15 +18,21 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
+import sys
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
 import torch
+from lightning.fabric.utilities.warnings import PossibleUserWarning
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from torch import Tensor, nn
 
 from splitinv.errors import SplitinvError
+from splitinv.progress import LogLineProgress, interactive
 
 CHECK_EVERY = 50  # steps between host syncs of a training loop (the first step is always checked)
 FP32 = "32-true"
@@ -260,18 +268,73 @@ def _trains(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
 
-class _NoAdvertising(logging.Filter):
-    """Drops Lightning's advertising tips ("💡 Tip: ... litlogger"): not about this run."""
+# Lightning's console notices that say nothing about the run (matched at the start of the message). The
+# bf16 notice says what the run computes in: shown, once per process (metrics.json records it too).
+_DROPPED_NOTICES = re.compile(
+    r"💡"  # advertising tips ("💡 Tip: ... litlogger")
+    r"|GPU available: |TPU available: |HPU available: "
+    r"|`Trainer\.fit` stopped: `max_(epochs|steps)=-?\d+` reached\."
+)
+_ONCE_NOTICES = re.compile(r"Using (16bit|bfloat16) Automatic Mixed Precision \(AMP\)|LOCAL_RANK: \d+ - ")
+# Lightning's warnings that are not about the run: (message regex, category, module regex). The eval-mode
+# notice: splitinv's modules keep frozen networks (a victim's blocks, a generator) in eval mode on purpose.
+_QUIET_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
+    (
+        r"Found \d+ module\(s\) in eval mode at the start of training",
+        PossibleUserWarning,
+        r"lightning\.pytorch\.",
+    ),
+    (
+        r"The number of training batches \(\d+\) is smaller than the logging interval",
+        PossibleUserWarning,
+        r"lightning\.pytorch\.",
+    ),
+    (
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        FutureWarning,
+        r"lightning\.pytorch\.utilities\._pytree",
+    ),
+)
+
+
+class _LightningNotices(logging.Filter):
+    """Drops Lightning's notices that are not about this run (:data:`_DROPPED_NOTICES`) and shows the ones
+    that are (:data:`_ONCE_NOTICES`) once per process, not at every trainer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith("💡")
+        message = str(record.getMessage())
+        if _DROPPED_NOTICES.match(message):
+            return False
+        if _ONCE_NOTICES.match(message):
+            if message in self.seen:
+                return False
+            self.seen.add(message)
+        return True
 
 
 def _quiet_lightning() -> None:
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch"):
+    """Install the filters (idempotent: called for every trainer, since ``warnings.catch_warnings`` blocks,
+    pytest's among them, drop warning filters added inside them)."""
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch",
+        "lightning.fabric",
+    ):
         logger = logging.getLogger(name)
-        if not any(isinstance(f, _NoAdvertising) for f in logger.filters):
-            logger.addFilter(_NoAdvertising())
+        if not any(isinstance(f, _LightningNotices) for f in logger.filters):
+            logger.addFilter(_LightningNotices())
+    for message, category, module in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
+def _terminal() -> bool:
+    """Whether Lightning's bar (written to stdout) and splitinv's (stderr) are both seen live."""
+    return interactive(sys.stdout) and interactive(sys.stderr)
 
 
 def build_trainer(
@@ -282,11 +345,22 @@ def build_trainer(
     **kwargs: Any,
 ) -> L.Trainer:
     """A Lightning Trainer (every other keyword is the Trainer's) with ``precision`` resolved for this
-    machine (:func:`resolve_precision`) and :class:`Speed` added when ``channels_last`` or ``compile``."""
+    machine (:func:`resolve_precision`) and :class:`Speed` added when ``channels_last`` or ``compile``.
+
+    With ``enable_progress_bar`` (and no progress bar among ``callbacks``): tqdm's bar when stdout and
+    stderr are terminals, :class:`~splitinv.progress.LogLineProgress`'s lines on stderr otherwise. Lightning's
+    notices that are not about the run are filtered (:func:`_quiet_lightning`)."""
     _quiet_lightning()
     if (kwargs.get("max_steps") or -1) > 0:  # "stop after that many steps instead": epochs no longer decide
         kwargs["max_epochs"] = -1
     extra = list(callbacks or [])
+    if kwargs.get("enable_progress_bar") in (None, True) and not any(
+        isinstance(c, ProgressBar) for c in extra
+    ):
+        # not Lightning's default (Rich) bar: it writes its frames into a redirected stdout, and while it is
+        # live it captures stderr and prints every frame of the bars of loops run inside predict (per-image
+        # attacks) as a line of its own. tqdm's bar (nested bars work) on a terminal, log lines elsewhere.
+        extra.append(TQDMProgressBar() if _terminal() else LogLineProgress())
     if channels_last or compile:
         extra.append(Speed(channels_last=channels_last, compile=compile))
     resolved = resolve_precision(precision, kwargs.get("accelerator", "auto"))

@@ -47,6 +47,7 @@ from splitinv.cut import CutPoint, cut, describe_cut_points
 from splitinv.decoders import conv_block, to_map, up_block
 from splitinv.errors import SplitinvError
 from splitinv.io import load_file, save_atomic
+from splitinv.progress import Progress
 from splitinv.training import LossMonitor, monitor
 
 log = logging.getLogger(__name__)
@@ -260,13 +261,14 @@ def synthesize(
     flip: bool = True,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    progress: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """DeepInversion: ``n`` images in [0, 1] whose BN statistics in ``model`` match its running statistics.
 
     ``model`` takes [0, 1] images; with ``num_classes`` its output is treated as logits and each image gets
     a random target class (cross-entropy weight ``ce_weight``). Adam (betas 0.5, 0.9) with a cosine learning
     rate, pixels clamped to [0, 1] after each step. Returns the images (on the CPU) and the last batch's
-    loss terms.
+    loss terms. ``progress``: a bar (or log lines) over all batches' iterations, with the loss at its checks.
     """
     device = torch.device(device)
     gen = torch.Generator().manual_seed(int(seed))
@@ -279,7 +281,9 @@ def synthesize(
     model.eval()
     images: list[torch.Tensor] = []
     stats: dict[str, float] = {}
-    with torch.enable_grad(), prior:
+    batches = math.ceil(n / batch_size)
+    bar = Progress(total=batches * iterations, desc="DCI synthesis", enabled=progress)
+    with torch.enable_grad(), prior, bar:
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
             x = (0.5 + 0.2 * torch.randn(b, *image_shape, generator=gen)).clamp(0, 1).to(device)
@@ -300,12 +304,15 @@ def synthesize(
                 loss = bn_weight * bn + tv_weight * tv + l2_weight * l2
                 ce = F.cross_entropy(out, targets) if targets is not None else torch.zeros((), device=device)
                 loss = loss + ce_weight * ce
-                watch.update({"loss": loss, "bn": bn, "tv": tv, "ce": ce}, step=it)
+                host = watch.update({"loss": loss, "bn": bn, "tv": tv, "ce": ce}, step=it)
+                if host is not None:  # a check step: the values are on the host already
+                    bar.set_postfix(loss=host["loss"])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 with torch.no_grad():
                     x.clamp_(0, 1)
+                bar.update()
             last = watch.check()  # the batch's last iterations are checked too (one sync per batch)
             images.append(x.detach().cpu())
             if last is not None:
@@ -441,8 +448,10 @@ class DCIAttack(Attack):
         checkpoint: str | None = None,
         name: str = "dci",
         defense_aware: bool = True,
+        progress: bool = True,
     ) -> None:
         self.name = name
+        self.progress = bool(progress)  # synthesis progress (the inverters' training: the trainer's bar)
         for key, value, minimum in (
             ("batch_size", batch_size, 1),
             ("synth_images", synth_images, 1),
@@ -592,6 +601,7 @@ class DCIAttack(Attack):
             flip=s["flip"],
             seed=s["seed"],
             device=device,
+            progress=self.progress and trainer.is_global_zero,
         )
         self.synthetic = images
         return images, stats

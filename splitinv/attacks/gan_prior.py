@@ -23,7 +23,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from splitinv.attacks.base import Attack, AttackContext, AttackerKnowledge, Reconstruction
 from splitinv.attacks.optimize import FEATURE_LOSSES, _choice, _number, expected_feature_loss
@@ -31,6 +30,7 @@ from splitinv.attacks.priors import total_variation
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import LATENT, Generator, State
 from splitinv.optim import fit_image, image_generator, optimize_state
+from splitinv.progress import track
 
 
 class LatentPredictor(nn.Module):
@@ -193,8 +193,8 @@ class GANPriorAttack(Attack):
         predictor = LatentPredictor(f_all.shape[1:], h_all.shape[1:]).to(device)
         opt = torch.optim.Adam(predictor.parameters(), lr=1e-3)
         with torch.enable_grad():
-            for _ in tqdm(
-                range(self.init_epochs), desc="latent predictor", leave=False, disable=not self.progress
+            for _ in track(
+                range(self.init_epochs), desc="latent predictor", unit="epoch", enabled=self.progress
             ):
                 order = torch.randperm(len(f_all), generator=g)
                 for i in range(0, len(order), 64):

@@ -32,7 +32,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from splitinv.attacks.base import (
     AUX_DATA,
@@ -46,6 +45,7 @@ from splitinv.attacks.base import (
 from splitinv.attacks.priors import BNStatsPrior, alpha_norm, random_flip, random_jitter, total_variation
 from splitinv.errors import SplitinvError
 from splitinv.optim import image_generator
+from splitinv.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +282,7 @@ def optimize(
         p.requires_grad_(False)
     try:
         with torch.enable_grad(), prior if s.bn_weight > 0 else contextlib.nullcontext():
-            bar = tqdm(range(s.steps), desc=name, leave=False, disable=not progress)
+            bar = track(range(s.steps), desc=name, enabled=progress)
             for step in bar:
                 x = image(z)
                 x_in = x
@@ -324,7 +324,7 @@ def optimize(
                             f"{name} loss became nan/inf by step {step + 1}: lower attack.lr (now {s.lr}) "
                             "or check the head's activations for inf/NaN."
                         )
-                    if progress:
+                    if progress:  # at the check steps only: one more host read there
                         bar.set_postfix(loss=float(total.detach()) / target.shape[0])
                 per_image = loss.detach()
     finally:

@@ -42,11 +42,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from splitinv.audit.embed import Embedder, PixelEmbedder
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator
+from splitinv.progress import track
 
 AUDIT_FORMAT = "splitinv-audit/1"
 FILES = {"summary": "audit.json", "samples": "samples.csv", "figure": "audit.png"}
@@ -318,13 +318,8 @@ def embed_set(
     """Embeddings (n, D) on the CPU of every image of ``images``, batch by batch with a progress bar."""
     device = device or next(iter(embedder.parameters()), torch.empty(0)).device
     out = []
-    for start in tqdm(
-        range(0, images.n, batch_size),
-        desc=f"embedding {images.name}",
-        unit="batch",
-        disable=None if progress is None else not progress,
-        leave=False,
-    ):
+    starts = range(0, images.n, batch_size)
+    for start in track(starts, desc=f"embedding {images.name}", unit="batch", enabled=progress):
         batch = images.load(range(start, min(start + batch_size, images.n)))
         out.append(embedder(batch.to(device)).float().cpu())
     return torch.cat(out)
@@ -472,7 +467,7 @@ def audit(
         resize: resize training and reference images to the samples' size instead of refusing a mismatch.
         output_dir: where ``audit.json``, ``samples.csv`` and ``audit.png`` go (atomically; None: nowhere).
         logger: a W&B run or a Lightning ``WandbLogger``: the figure and summary are logged to it.
-        progress: progress bars (None: when stderr is a terminal).
+        progress: False: no progress; True or None: a bar on a terminal, log lines elsewhere.
         device: where the generator and embedder run (default: the embedder's device).
 
     Images are tensors (B, C, H, W) in [0, 1]; all three sets must have the samples' size unless ``resize``.

@@ -26,11 +26,11 @@ import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator, State
 from splitinv.optim import fit_image, image_generator, optimize_state
+from splitinv.progress import track
 from splitinv.training import monitor
 
 METHODS = ("encoder", "optimize", "hybrid")
@@ -148,8 +148,12 @@ def state_error(recovered: State, true: State) -> dict[str, Tensor]:
     return out
 
 
+_WARNED: set[str] = set()  # the perceptual term's absence is said once per process, not once per batch
+
+
 def perceptual_loss(weight: float, device: torch.device) -> Any:
-    """LPIPS(vgg) as Bau et al.'s VGG-feature term, or None (weight 0, or backbone unavailable: warned)."""
+    """LPIPS(vgg) as Bau et al.'s VGG-feature term, or None (weight 0, or backbone unavailable: warned once;
+    each results file records it)."""
     if weight <= 0:
         return None
     from splitinv.metrics import LPIPSUnavailable, lpips_model
@@ -157,7 +161,10 @@ def perceptual_loss(weight: float, device: torch.device) -> Any:
     try:
         return lpips_model("vgg", device)
     except LPIPSUnavailable as err:
-        warnings.warn(f"GAN inversion runs without its perceptual term ({err}); pixel L1 only.", stacklevel=3)
+        message = f"GAN inversion runs without its perceptual term ({err}); pixel L1 only."
+        if message not in _WARNED:
+            _WARNED.add(message)
+            warnings.warn(message, stacklevel=3)
         return None
 
 
@@ -243,14 +250,21 @@ def invert(
 
 
 def invert_batches(
-    generator: Generator, images: Tensor, point: str, batch_size: int = 16, **kwargs: Any
+    generator: Generator,
+    images: Tensor,
+    point: str,
+    batch_size: int = 16,
+    progress: bool = True,
+    **kwargs: Any,
 ) -> tuple[State, Tensor]:
-    """:func:`invert` over batches with a progress bar; ``index`` defaults to the images' positions."""
+    """:func:`invert` over batches; ``index`` defaults to the images' positions. ``progress``: over the
+    batches and each batch's optimisation steps (a bar on a terminal, log lines elsewhere)."""
     states: list[State] = []
     outs: list[Tensor] = []
-    for start in tqdm(range(0, len(images), batch_size), desc=f"GAN inversion at {point}", leave=False):
+    starts = range(0, len(images), batch_size)
+    for start in track(starts, desc=f"GAN inversion at {point}", unit="batch", enabled=progress):
         idx = list(range(start, min(start + batch_size, len(images))))
-        s, x = invert(generator, images[idx], point, index=idx, **kwargs)
+        s, x = invert(generator, images[idx], point, index=idx, progress=progress, **kwargs)
         states.append({k: v.cpu() for k, v in s.items()})
         outs.append(x.cpu())
     return {k: torch.cat([s[k] for s in states]) for k in states[0]}, torch.cat(outs)
