@@ -430,50 +430,60 @@ def _figure_title(frame: pd.DataFrame) -> str:
     return "; ".join(parts) + (f" ({n} seeds)" if n > 1 else "")
 
 
+def _job_captions(job_dir: Path, n: int) -> list[str] | None:
+    """SSIM / PSNR of a job's first ``n`` images (its samples.csv rows, in images.pt's order), or None."""
+    from splitinv.results import SAMPLES_FILE
+    from splitinv.sheets import score_caption
+
+    try:
+        samples = pd.read_csv(job_dir / SAMPLES_FILE)
+    except (OSError, ValueError) as err:  # missing, empty or unreadable
+        log.warning("%s: no per-image scores under its reconstructions (%s)", job_dir / SAMPLES_FILE, err)
+        return None
+    columns = [samples[k].tolist() if k in samples else [] for k in ("ssim", "psnr")]
+    return [score_caption(*(float(c[i]) if i < len(c) else None for c in columns)) for i in range(n)]
+
+
 def plot_reconstructions(
     frame: pd.DataFrame, sweep_dir: str | Path, out_dir: str | Path, n: int = 8
 ) -> list[Path]:
-    """One figure per architecture (and attack): the same evaluation images, then their reconstruction at each
-    cut point in order of depth (first seed). Writes reconstructions_<...>.png and .pdf into ``out_dir``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """One figure per architecture (and attack): the first ``n`` evaluation images ("original"), then their
+    reconstruction at each cut point in order of depth (and each defense setting, where the sweep has
+    several), first seed, each reconstruction's SSIM / PSNR from its job's samples.csv under it, drawn like a
+    run's sheets (:func:`splitinv.sheets.draw_sheet`). Writes reconstructions_<...>.png and .pdf into
+    ``out_dir``."""
     from splitinv.results import IMAGES_FILE, load_images
+    from splitinv.sheets import SheetRow, draw_sheet, save_figure
 
     ok = frame[frame["status"] == "ok"].sort_values(["cut_depth", "seed"], na_position="last")
     keys = _series_keys(ok)
     written: list[Path] = []
     for label, group in ok.groupby(keys, sort=True):
-        rows: list[tuple[str, object]] = []
-        for cut, jobs in group.groupby("cut", sort=False):
-            path = Path(sweep_dir) / jobs.iloc[0]["job"] / IMAGES_FILE
-            if path.is_file():
-                try:
-                    originals, recon = load_images(path)
-                except SplitinvError as err:
-                    log.warning("%s: left out of the figure", err)
-                    continue
-                if not rows:
-                    rows.append(("input", originals[:n]))
-                rows.append((str(cut), recon[:n]))
+        defenses = "defense_setting" in group and group["defense_setting"].nunique() > 1
+        by = ["cut", "defense_setting"] if defenses else ["cut"]
+        rows: list[SheetRow] = []
+        seeds: set[str] = set()
+        for key, jobs in group.groupby(by, sort=False):
+            job_dir = Path(sweep_dir) / str(jobs.iloc[0]["job"])
+            if not (job_dir / IMAGES_FILE).is_file():
+                continue
+            try:
+                originals, recon = load_images(job_dir / IMAGES_FILE)
+            except SplitinvError as err:
+                log.warning("%s: left out of the figure", err)
+                continue
+            if not rows:
+                rows.append(SheetRow("original", originals[:n]))
+            name = ", ".join(str(v) for v in (key if isinstance(key, tuple) else (key,)))
+            rows.append(SheetRow(name, recon[:n], _job_captions(job_dir, len(recon[:n]))))
+            seed = jobs.iloc[0]["seed"]
+            seeds.add(str(int(seed)) if isinstance(seed, float) and seed.is_integer() else str(seed))
         if not rows:
             continue
-        cols = rows[0][1].shape[0]
-        fig, axes = plt.subplots(len(rows), cols, figsize=(0.9 * cols + 0.8, 0.9 * len(rows)), squeeze=False)
-        for r, (name, images) in enumerate(rows):
-            for c in range(cols):
-                ax = axes[r][c]
-                image = images[c].permute(1, 2, 0).squeeze(-1).numpy()
-                ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if c == 0:
-                    ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
-        fig.subplots_adjust(wspace=0.03, hspace=0.03, left=0.15, right=0.99, top=0.99, bottom=0.01)
+        title = f"{_figure_title(group)}; seed {', '.join(sorted(seeds))}; SSIM / PSNR under each image"
+        fig = draw_sheet(rows, title)
         tag = "_".join(str(v) for v in (label if isinstance(label, tuple) else (label,)))
-        written += _save_figure(fig, Path(out_dir) / f"reconstructions_{tag}")
+        written += save_figure(fig, Path(out_dir) / f"reconstructions_{tag}")
     if not written:
         raise SplitinvError(
             f"no {IMAGES_FILE} in the finished jobs below {sweep_dir}: rerun them with this version."

@@ -1,7 +1,10 @@
-"""One run's results: metrics.json, the per-sample CSV, the reconstruction grid, and the logger (W&B or CSV).
+"""One run's results: metrics.json, the per-sample CSV, the reconstruction sheets, the logger (W&B or CSV).
 
 Files are written into a hidden staging folder and moved into the run folder only when all of them exist,
 metrics.json last, so a failed run never leaves a results file that a table builder would read.
+
+The reconstruction sheets (``reconstructions.png`` / ``.pdf``, drawn by :mod:`splitinv.sheets`) are staged
+with the rest.
 """
 
 from __future__ import annotations
@@ -20,34 +23,25 @@ from typing import Any
 
 import pandas as pd
 import torch
-from torchvision.utils import make_grid, save_image
 
 from splitinv import metrics
 from splitinv.errors import ResultsExist, SplitinvError
 from splitinv.io import load_file, save_atomic
+from splitinv.sheets import is_sheet, sheet_title, write_sheets
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 SAMPLES_FILE = "samples.csv"
-GRID_FILE = "grid.png"
 FAILED_FILE = "failed.json"
 SUPERSEDED_FILE = "metrics.superseded.json"
 IMAGES_FILE = "images.pt"
 RESULTS_FORMAT = "splitinv-results/1"
-
-
-def grid(originals: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
-    """Originals in the top row, their reconstructions below, as one (C, H, W) image in [0, 1]."""
-    n = originals.shape[0]
-    rows = torch.cat([originals.float().cpu(), reconstructions.float().cpu()]).clamp(0, 1)
-    if rows.shape[1] == 1:
-        rows = rows.repeat(1, 3, 1, 1)
-    return make_grid(rows, nrow=n, padding=2, pad_value=1.0)
+_OLD_GRID = "grid.png"  # what earlier versions wrote instead of the sheets: removed when a job is rewritten
 
 
 def save_images(path: str | Path, originals: torch.Tensor, reconstructions: torch.Tensor) -> None:
-    """The grid's images as uint8 tensors, for figures that put several runs side by side."""
+    """The sheets' images as uint8 tensors, for figures that put several runs side by side."""
     as_uint8 = [
         (t.float().cpu().clamp(0, 1) * 255).round().to(torch.uint8) for t in (originals, reconstructions)
     ]
@@ -80,11 +74,13 @@ def write_run(
     out_dir: str | Path,
     record: dict[str, Any],
     per_image: dict[str, list[float]],
-    image_grid: torch.Tensor,
+    images: tuple[torch.Tensor, torch.Tensor],
     config_yaml: str,
     extra_files: dict[str, Callable[[Path], None]] | None = None,
 ) -> Path:
-    """Write config.yaml, samples.csv, grid.png, extra files (name -> writer), then metrics.json."""
+    """Write config.yaml, samples.csv, the reconstruction sheets of ``images`` (originals, reconstructions,
+    in samples.csv's order), extra files (name -> writer), then metrics.json. Sheets of an earlier run of
+    this job that the new ones do not replace (and an old grid.png) are removed."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".partial-", dir=out))
@@ -93,11 +89,14 @@ def write_run(
         lengths = {len(v) for v in per_image.values() if len(v)}
         frame = pd.DataFrame({k: v for k, v in per_image.items() if len(v) == max(lengths, default=0)})
         frame.to_csv(stage / SAMPLES_FILE, index=False)
-        save_image(image_grid, stage / GRID_FILE)
+        write_sheets(stage, *images, per_image, title=sheet_title(record))
         for name, writer in (extra_files or {}).items():
             writer(stage / name)
         (stage / METRICS_FILE).write_text(json.dumps(_clean(record), indent=2, sort_keys=False) + "\n")
         names = [p.name for p in stage.iterdir()]
+        for old in out.iterdir():  # a stale sheet would show another run's reconstructions
+            if (is_sheet(old.name) or old.name == _OLD_GRID) and old.name not in names and old.is_file():
+                old.unlink()
         for name in sorted(names, key=lambda n: n == METRICS_FILE):  # metrics.json moves last
             os.replace(stage / name, out / name)
         (out / FAILED_FILE).unlink(missing_ok=True)  # an earlier failure of this job is superseded
@@ -248,9 +247,10 @@ def summary(per_image: dict[str, list[float]]) -> dict[str, Any]:
 
 
 def log_to_logger(
-    logger: Any, record: dict[str, Any], per_image: dict[str, list[float]], image: torch.Tensor
+    logger: Any, record: dict[str, Any], per_image: dict[str, list[float]], sheet: str | Path | None
 ) -> None:
-    """Scalars, the grid and the per-sample table to a Lightning logger (W&B gets images and tables)."""
+    """Scalars, the first reconstruction sheet (its png, :func:`first_sheet`) and the per-sample table to a
+    Lightning logger (W&B gets images and tables)."""
     if not logger:
         return
     scalars = {
@@ -260,9 +260,11 @@ def log_to_logger(
     }
     scalars.update({f"cost/{k}": v for k, v in record["cost"].items() if isinstance(v, (int, float))})
     logger.log_metrics(scalars)
-    if hasattr(logger, "log_image"):
+    if hasattr(logger, "log_image") and sheet is not None:
         logger.log_image(
-            key="reconstructions", images=[image], caption=["top: originals, bottom: reconstructions"]
+            key="reconstructions",
+            images=[str(sheet)],
+            caption=["original above reconstruction; SSIM / PSNR under each reconstruction"],
         )
     if hasattr(logger, "log_table"):
         frame = pd.DataFrame({k: v for k, v in per_image.items() if len(v)})

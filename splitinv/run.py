@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from splitinv import metrics, results
+from splitinv import metrics, results, sheets
 from splitinv.attacks.base import Attack, AttackContext
 from splitinv.config import config_hash, input_files, instantiate
 from splitinv.cut import describe_cut_points, resolve_point
@@ -110,6 +110,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             trainer=trainer,
             reconstructions_dir=out_dir / "reconstructions" if attack.per_image else None,
             evaluator=_evaluator(cfg, victim, device),
+            keep=len(datamodule.eval_dataset()),  # every evaluation image goes on the reconstruction sheets
         )
         utility = the_split.utility(datamodule.predict_dataloader(), device=device)
         utility_test = _utility_on_held_out(cfg, the_split, datamodule, device)
@@ -120,14 +121,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             aux=None if aux_datamodule is datamodule else aux_datamodule, precision=str(trainer.precision),
         )  # fmt: skip
         record["inputs"] = inputs  # the input files' digests: a changed file reruns the job
-        image = results.grid(ev.originals, ev.reconstructions)
         extra = dict(attack.artifacts())
         extra[results.IMAGES_FILE] = lambda path: results.save_images(path, ev.originals, ev.reconstructions)
         if trainer.is_global_zero:
-            results.write_run(
-                out_dir, record, ev.per_image, image, OmegaConf.to_yaml(cfg, resolve=True), extra_files=extra
-            )
-            results.log_to_logger(logger, record, ev.per_image, image)
+            images = (ev.originals, ev.reconstructions)
+            config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+            results.write_run(out_dir, record, ev.per_image, images, config_yaml, extra_files=extra)
+            results.log_to_logger(logger, record, ev.per_image, sheets.first_sheet(out_dir))
     finally:
         results.finish_logger(logger)  # each job (and each call from Python) gets its own W&B run
     return record

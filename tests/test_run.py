@@ -47,9 +47,10 @@ def test_run_writes_every_result_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("logs")) == [
         "config.yaml",
         "decoder.pt",
-        "grid.png",
         "images.pt",
         "metrics.json",
+        "reconstructions.pdf",
+        "reconstructions.png",
         "samples.csv",
     ]
     saved = json.loads((out / "metrics.json").read_text())
@@ -79,9 +80,9 @@ def test_run_writes_every_result_file(tmp_path: Path) -> None:
     assert len(samples) == 6 and sorted(samples["index"]) == list(range(6))
     assert samples["ssim"].mean() == pytest.approx(saved["ssim"]["mean"], abs=1e-6)
     assert samples["psnr"].std(ddof=1) == pytest.approx(saved["psnr"]["std"], abs=1e-6)
-    # the grid: originals above reconstructions, 6 columns (all kept images) of 32 px tiles
-    grid = Image.open(out / "grid.png")
-    assert grid.size == (6 * 34 + 2, 2 * 34 + 2)
+    # one sheet (6 images): a pair of rows, 6 columns of 32 px images drawn 7x (224 px), labels and scores
+    sheet = Image.open(out / "reconstructions.png")
+    assert sheet.size[0] > 6 * 224 and 2 * 224 < sheet.size[1] < 3 * 224
     # the decoder checkpoint reloads into the same function
     decoder = load_decoder(out / "decoder.pt")
     assert decoder.feature_shape == (128, 4, 4)
@@ -112,12 +113,12 @@ def test_lpips_required_fails_before_training(tmp_path: Path) -> None:
 
 
 def test_failure_leaves_no_results_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import splitinv.results as results
+    import splitinv.sheets as sheets
 
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(results, "save_image", broken)
+    monkeypatch.setattr(sheets, "save_figure", broken)
     with pytest.raises(OSError, match="disk full"), pytest.warns(UserWarning):
         run(compose([*TINY, "logger=csv"], output_dir=tmp_path / "r"))
     left = sorted(p.name for p in (tmp_path / "r").iterdir())

@@ -11,7 +11,7 @@ never saw, it is not.
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import torch
@@ -22,10 +22,11 @@ from splitinv.config import compose
 from splitinv.data import FashionMNISTDataModule
 from splitinv.gans.train import train_gan
 
+# the trainer's progress: a bar on a terminal, a line every 30 s in a log
 TRAIN_GAN = [
     "data.n_aux=4", "data.batch_size=4", "data.channels=1", "gan.nz=8", "gan.ngf=16", "gan.ndf=32",
     "gan.lr=2e-3", "trainer.max_epochs=-1", "trainer.max_steps=1000", "trainer.accelerator=cpu",
-    "trainer.enable_progress_bar=false", "logger=csv", "seed=0",
+    "logger=csv", "seed=0", "samples_every=100",
 ]  # fmt: skip
 
 
@@ -56,4 +57,6 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/audit_demo"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default="outputs/audit_demo", help="output folder")
+    main(Path(parser.parse_args().out))

@@ -1,8 +1,9 @@
 """``splitinv-gan-invert``: invert a generator at one layer for a set of images, score, write the results.
 
-The results folder has the layout of ``splitinv-run``'s (metrics.json last, samples.csv, grid.png,
-images.pt), with the generator in the ``victim`` column, the layer in ``cut`` and the method in ``attack``,
-so ``splitinv table`` and ``splitinv plot`` read GAN-layer sweeps like any other:
+The results folder has the layout of ``splitinv-run``'s (metrics.json last, samples.csv, the reconstruction
+sheets reconstructions*.{png,pdf}, images.pt), with the generator in the ``victim`` column, the layer in
+``cut`` and the method in ``attack``, so ``splitinv table`` and ``splitinv plot`` read GAN-layer sweeps like
+any other:
 
     splitinv-gan-invert -m generator.weights=gan.pt layer=block1,block2,block3 method=hybrid
 """
@@ -86,7 +87,7 @@ def gan_invert(cfg: DictConfig) -> dict[str, Any]:
         method=cfg.method,
         encoder=encoder,
         seed=int(cfg.seed),
-        progress=False,
+        progress=trainer.is_global_zero,  # the batches and each one's optimisation steps
         **cfg.optimize,
     )
     x = images.cpu()
@@ -132,7 +133,7 @@ def gan_invert(cfg: DictConfig) -> dict[str, Any]:
             out_dir,
             record,
             per_image,
-            results.grid(x[:8], x_hat[:8]),
+            (x, x_hat),  # every image on the reconstruction sheets
             OmegaConf.to_yaml(cfg, resolve=True),
             extra_files={results.IMAGES_FILE: lambda path: results.save_images(path, x, x_hat)},
         )

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from splitinv.config import instantiate
+from splitinv.errors import SplitinvError
 from splitinv.gans.dcgan import GAN_FORMAT, DCGANDiscriminator, DCGANGenerator
 from splitinv.io import save_atomic
 from splitinv.task import hydra_command
@@ -72,6 +73,64 @@ class GANModule(L.LightningModule):
         )
 
 
+class SampleGrid(L.Callback):
+    """At the end of every training epoch: the generator's images for the same ``n`` latents, drawn once from
+    ``seed`` with their own ``torch.Generator`` (the training RNG stream is untouched), as an ``nrow``-wide
+    grid in ``folder/epoch_001.png`` ... (a temporary file renamed into place), also logged to every
+    WandbLogger (key ``samples``). The generator runs in eval mode under no_grad and gets its mode back."""
+
+    def __init__(self, folder: str | Path, n: int = 64, nrow: int = 8, seed: int = 0, every: int = 1) -> None:
+        self.folder, self.n, self.nrow, self.seed = Path(folder), int(n), int(nrow), int(seed)
+        self.every = int(every)  # epochs between grids (and the last epoch's)
+        self._latents: torch.Tensor | None = None
+
+    def latents(self, generator: DCGANGenerator) -> torch.Tensor:
+        """The fixed latents (on the CPU), drawn on first use."""
+        if self._latents is None:
+            rng = torch.Generator().manual_seed(self.seed)
+            self._latents = generator.sample_latent(self.n, generator=rng, device="cpu")
+        return self._latents
+
+    def draw(self, generator: DCGANGenerator) -> torch.Tensor:
+        """The grid of the generator's images for the fixed latents, (C, H, W) in [0, 1]."""
+        from torchvision.utils import make_grid
+
+        was_training = generator.training
+        generator.eval()
+        try:
+            with torch.no_grad():
+                z = self.latents(generator).to(next(generator.parameters()).device)
+                images = generator(z).float().cpu().clamp(0, 1)
+        finally:
+            generator.train(was_training)
+        return make_grid(images, nrow=self.nrow, padding=2, pad_value=1.0)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch_done = trainer.current_epoch + 1
+        last = epoch_done == trainer.max_epochs or (0 < (trainer.max_steps or -1) <= trainer.global_step)
+        if not trainer.is_global_zero or not (epoch_done % self.every == 0 or last):
+            return
+        import os
+        import uuid
+
+        from lightning.pytorch.loggers import WandbLogger
+        from torchvision.utils import save_image
+
+        epoch = trainer.current_epoch + 1
+        path = self.folder / f"epoch_{epoch:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}-{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            save_image(self.draw(pl_module.generator), tmp, format="png")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                caption = [f"epoch {epoch}: {self.n} fixed latents"]
+                logger.log_image(key="samples", images=[str(path)], step=trainer.global_step, caption=caption)
+
+
 def checkpoint(generator: DCGANGenerator, discriminator: DCGANDiscriminator, **meta: Any) -> dict[str, Any]:
     """The dict that ``build_generator('dcgan', weights=...)`` and ``dcgan_discriminator`` load back."""
     return {
@@ -105,6 +164,13 @@ def train_gan(cfg: DictConfig) -> dict[str, Any]:
     module = GANModule(generator, discriminator, lr=cfg.gan.lr, betas=tuple(cfg.gan.betas))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger)
+    every = int(cfg.get("samples_every", 1))
+    if every < 0:
+        raise SplitinvError(f"samples_every={every}: give the epochs between sample grids (0: none).")
+    if every:
+        trainer.callbacks.append(
+            SampleGrid(Path(cfg.paths.output_dir) / "samples", seed=int(cfg.seed), every=every)
+        )
     trainer.fit(module, train_dataloaders=datamodule.train_dataloader())
     out = Path(cfg.checkpoint or Path(cfg.paths.output_dir) / CHECKPOINT_NAME)
     data = datamodule.describe()
