@@ -16,7 +16,7 @@ from typing import NoReturn
 from rich.console import Console
 from rich.table import Table
 
-from splitinv.errors import SplitinvError, os_error_line
+from splitinv.errors import SplitinvError, one_line_warnings, os_error_line
 
 
 def _layers(args: argparse.Namespace) -> None:
@@ -419,6 +419,8 @@ TABLE_METRICS = (
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point."""
     args = build_parser().parse_args(argv)
+    shown = warnings.showwarning
+    one_line_warnings("splitinv")
     try:
         args.func(args)
     except SplitinvError as err:
@@ -427,3 +429,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as err:  # an unwritable --output, a full disk: one line, not a traceback
         print(f"splitinv: error: {os_error_line(err)}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        warnings.showwarning = shown

@@ -325,8 +325,17 @@ def _fetch_backbone_state(net: str) -> dict[str, Tensor]:
         import torchvision.models as tvm
 
         weights = getattr(tvm, spec["weights"]).IMAGENET1K_V1
+        # torch.hub's download into the cache torchvision reads, hash-checked, moved into place when complete;
+        # not weights.get_state_dict(), which prints "Downloading: ..." even when the network is down.
+        hash_match = torch.hub.HASH_REGEX.search(path.name)
         try:
-            weights.get_state_dict(progress=False, check_hash=True)  # writes into the same cache folder
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(
+                weights.url,
+                str(path),
+                hash_prefix=hash_match.group(1) if hash_match else None,
+                progress=False,
+            )
         except Exception as err:  # offline, proxy, hash mismatch...: all mean "not available"
             _DOWNLOAD_FAILED[key] = f"download failed: {type(err).__name__}: {err}".replace("\n", " ")
             raise _unavailable(net, path, _DOWNLOAD_FAILED[key]) from err

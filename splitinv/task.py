@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,7 +22,7 @@ from typing import Any, ClassVar
 from omegaconf import DictConfig
 
 from splitinv.config import check_group_choices
-from splitinv.errors import ResultsExist, SplitinvError, os_error_line
+from splitinv.errors import ResultsExist, SplitinvError, one_line_warnings, os_error_line
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,37 @@ def _sigterm_records_failure() -> Any:
             signal.signal(signal.SIGTERM, previous)
 
 
+class WandbRuns:
+    """Offline W&B runs this command made: listed once at the end (W&B's own console output is silenced by
+    ``WANDB_SILENT``: a banner and a summary per job are noise in a sweep's log)."""
+
+    offline: ClassVar[list[str]] = []
+
+    @classmethod
+    def note(cls, output_dir: Any, since: float) -> None:
+        """Record the offline runs written under ``output_dir``/wandb since ``since`` (a job's start)."""
+        if not output_dir:
+            return
+        with contextlib.suppress(OSError):  # the hint is a courtesy: never fail a job over it
+            found = Path(str(output_dir), "wandb").glob("offline-run-*")
+            cls.offline.extend(sorted(str(p) for p in found if p.is_dir() and p.stat().st_mtime >= since - 1))
+
+    @classmethod
+    def hint(cls) -> str | None:
+        if not cls.offline:
+            return None
+        n = len(cls.offline)
+        where = cls.offline[0] if n == 1 else f"{n} runs, e.g. {cls.offline[0]}"
+        return f"W&B: offline run{'s' if n > 1 else ''} saved ({where}); upload with `wandb sync DIR`"
+
+
+def _finish_wandb(cfg: DictConfig, since: float) -> None:
+    from splitinv import results
+
+    results.finish_wandb()
+    WandbRuns.note(cfg.get("paths", {}).get("output_dir"), since)
+
+
 def run_task(command: str, task: Task, cfg: DictConfig, multirun: bool) -> dict[str, Any] | None:
     """Run ``task(cfg)``; on failure record ``failed.json`` and report it as the command's rules say.
 
@@ -60,6 +92,7 @@ def run_task(command: str, task: Task, cfg: DictConfig, multirun: bool) -> dict[
     sweep must not look finished. A rerun resumes (per-image attacks keep their finished images)."""
     from splitinv import results
 
+    start = time.time()
     try:
         with _sigterm_records_failure():
             return task(cfg)
@@ -68,7 +101,7 @@ def run_task(command: str, task: Task, cfg: DictConfig, multirun: bool) -> dict[
         if output_dir:
             results.write_failure(Path(output_dir), RuntimeError(str(err)))
         print(f"{command}: error: {err}", file=sys.stderr, flush=True)
-        results.finish_wandb()
+        _finish_wandb(cfg, start)
         sys.stdout.flush()
         os._exit(143)  # 128 + SIGTERM, at once: the launcher must not start the next job
     except Exception as err:
@@ -87,7 +120,7 @@ def run_task(command: str, task: Task, cfg: DictConfig, multirun: bool) -> dict[
             log.error("job failed (%s: %s); the sweep goes on", type(err).__name__, err)
         return None
     finally:
-        results.finish_wandb()
+        _finish_wandb(cfg, start)
 
 
 # Hydra flags that take the next argument as their value
@@ -190,7 +223,16 @@ def hydra_command(
             sys.exit(2)
         sys.argv[1:] = args
         SweepStatus.failed.clear()
-        _hydra_main()
+        WandbRuns.offline.clear()
+        os.environ.setdefault("WANDB_SILENT", "true")  # W&B's banners and summaries: see WandbRuns
+        shown = warnings.showwarning
+        one_line_warnings(command)
+        try:
+            _hydra_main()
+        finally:
+            warnings.showwarning = shown  # in-process callers (tests, notebooks) get theirs back
+        if hint := WandbRuns.hint():
+            print(hint, file=sys.stderr, flush=True)
         if SweepStatus.failed:  # a multirun in which jobs failed: the others finished, the exit says so
             print(
                 f"{command}: {len(SweepStatus.failed)} job(s) failed (failed.json in "

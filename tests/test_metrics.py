@@ -528,7 +528,7 @@ def test_score_with_lpips(use_home, alex_home):
     assert M.score(x, x_hat, lpips="required")["lpips"] is not None
 
 
-def test_lpips_offline_without_weights(use_home, tmp_path, downloads):
+def test_lpips_offline_without_weights(use_home, tmp_path, downloads, capfd):
     use_home(tmp_path)
     path = tmp_path / "hub" / "checkpoints" / ALEX_FILE
     x, x_hat = _pair(b=2, h=32, w=32)
@@ -538,6 +538,7 @@ def test_lpips_offline_without_weights(use_home, tmp_path, downloads):
     assert str(path.parent) in msg and ALEX_FILE in msg and "copy" in msg and "\n" not in msg
     assert isinstance(info.value, SplitinvError)
     assert len(downloads.calls) == 1 and downloads.calls[0][1] == str(path)
+    assert "Downloading" not in "".join(capfd.readouterr())  # the failed attempt prints nothing itself
     assert not M.lpips_available("alex")
     assert not M.lpips_available("alex", download=False)
     with warnings.catch_warnings(record=True) as caught:
