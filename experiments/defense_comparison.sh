@@ -6,6 +6,8 @@
 # Usage: bash experiments/defense_comparison.sh VICTIM.pt [OUT] [extra overrides for every run...]
 #   e.g. bash experiments/defense_comparison.sh outputs/quickstart/victim.pt outputs/defenses \
 #          data.n_aux=2000 trainer.max_epochs=3 data.n_eval=16
+# DEFENSE_TRAIN_OVERRIDES: overrides for the NoPeek fine-tunings only (the docs run's CPU-sized variant:
+#   DEFENSE_TRAIN_OVERRIDES="data.n_aux=256")
 set -euo pipefail
 VICTIM=${1:?usage: defense_comparison.sh VICTIM.pt [OUT] [overrides...]}
 OUT=${2:-outputs/defenses}
@@ -20,10 +22,10 @@ sweep quantize defense=quantize defense.bits=2,1
 sweep topk defense=topk defense.k=0.05,0.01
 for cut in layer1 layer2; do
   for weight in 1 4; do
-    ckpt="$OUT-training/nopeek_${cut}_w${weight}.pt"
+    ckpt="$OUT-training/nopeek_${cut}_w${weight}.pt"  # outside the sweep folder
     [ -f "$ckpt" ] || splitinv-train-defense victim=resnet18 victim.image_size=32 "victim.weights=$VICTIM" \
       data=fashion_mnist_mini cut=$cut defense=nopeek defense.weight=$weight trainer.max_epochs=1 \
-      "checkpoint=$ckpt" "hydra.run.dir=$OUT-training/nopeek_${cut}_w${weight}"  # outside the sweep folder
+      "checkpoint=$ckpt" "hydra.run.dir=$OUT-training/nopeek_${cut}_w${weight}" ${DEFENSE_TRAIN_OVERRIDES:-}
     sweep "nopeek/${cut}_w${weight}" "cut=$cut" "victim.weights=$ckpt" defense=nopeek defense.weight=$weight
   done
 done

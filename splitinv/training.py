@@ -274,6 +274,8 @@ _DROPPED_NOTICES = re.compile(
     r"💡"  # advertising tips ("💡 Tip: ... litlogger")
     r"|GPU available: |TPU available: |HPU available: "
     r"|`Trainer\.fit` stopped: `max_(epochs|steps)=-?\d+` reached\."
+    r"|`Trainer\(limit_\w+_batches=[\d.]+\)` was configured so"  # the validation split train-victim asks for
+    r"|Loading `train_dataloader` to estimate number of stepping batches"  # the one-cycle schedule's length
 )
 _ONCE_NOTICES = re.compile(r"Using (16bit|bfloat16) Automatic Mixed Precision \(AMP\)|LOCAL_RANK: \d+ - ")
 # Lightning's warnings that are not about the run: (message regex, category, module regex). The eval-mode

@@ -380,6 +380,8 @@ def test_the_notice_filter_drops_the_noise_and_shows_the_precision_once() -> Non
     assert not shown("`Trainer.fit` stopped: `max_epochs=10` reached.")
     assert not shown("`Trainer.fit` stopped: `max_steps=1000` reached.")
     assert shown("`Trainer.fit` stopped: No training batches.")  # about the run: kept
+    assert not shown("`Trainer(limit_val_batches=1.0)` was configured so 100% of the batches will be used..")
+    assert not shown("Loading `train_dataloader` to estimate number of stepping batches.")
     assert shown("Using bfloat16 Automatic Mixed Precision (AMP)")
     assert not shown("Using bfloat16 Automatic Mixed Precision (AMP)")  # once
     assert shown("Using 16bit Automatic Mixed Precision (AMP)")  # another precision: said again
