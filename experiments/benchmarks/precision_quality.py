@@ -92,7 +92,7 @@ def main() -> None:
                 train = r["cost"].get("train_images_per_s")
                 print(
                     f"{name:16s} {r['precision']:11s} {r['ssim']['mean']:7.4f} {r['psnr']['mean']:7.2f} "
-                    f"{train if train is None else round(train, 1)!s:>12s} "
+                    f"{'-' if train is None else round(train, 1)!s:>12s} "  # rMLE trains nothing
                     f"{round(r['cost']['attack_images_per_s'], 1)!s:>13s}"
                 )
             deltas = {m: records["bf16-mixed"][m]["mean"] - records["32-true"][m]["mean"] for m in TOLERANCE}
