@@ -22,7 +22,7 @@ like a value (``[``, ``{``, ``(``, a quote or a digit) is what that print shows.
 the output in order (warnings and progress lines in between are fine); a shown markdown table must be the
 whole table printed.
 
-The run takes about 40 minutes on 2 shared CPU cores (the quickstart at full size, the rest CPU-sized), so
+The run takes about 23 minutes on 2 CPU cores (the quickstart at full size, the rest CPU-sized), so
 it is marked ``docs`` and left out of the default test run: ``pytest -m docs tests/test_docs.py``; CI runs it
 after the suite. ``test_every_block_is_declared`` (fast) runs always. While editing the docs,
 ``SPLITINV_DOCS_DIR=/tmp/docs`` keeps the working folder and ``SPLITINV_DOCS_FROM=LINE`` starts README.md's
