@@ -549,11 +549,12 @@ def plot_privacy_utility(frame: pd.DataFrame, out_dir: str | Path, metric: str =
 
 
 def _save_figure(fig: Any, stem: Path) -> list[Path]:
+    """A pyplot figure as ``stem``.png / .pdf (written as the sheets are: temporary file, then renamed)."""
     import matplotlib.pyplot as plt
 
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=200, bbox_inches="tight")
-    plt.close(fig)
-    return paths
+    from splitinv.sheets import save_figure
+
+    try:
+        return save_figure(fig, stem, tight=True)
+    finally:
+        plt.close(fig)

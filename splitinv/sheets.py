@@ -173,8 +173,9 @@ def sheets(
         yield draw_sheet(rows, title + legend + suffix, columns=columns)
 
 
-def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
-    """``stem``.png and .pdf at SHEET_DPI, each written to a temporary file and renamed into place."""
+def save_figure(fig: Figure, stem: str | Path, tight: bool = False) -> list[Path]:
+    """``stem``.png and .pdf at SHEET_DPI, each written to a temporary file and renamed into place;
+    ``tight``: cropped to the drawn content (plots; a sheet's pixel layout is kept as it is)."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -182,7 +183,9 @@ def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
         path = stem.with_name(f"{stem.name}.{fmt}")
         tmp = path.with_name(f".{path.name}-{uuid.uuid4().hex[:8]}.tmp")  # created with the umask's mode
         try:
-            fig.savefig(tmp, format=fmt, dpi=SHEET_DPI, facecolor="white")
+            fig.savefig(
+                tmp, format=fmt, dpi=SHEET_DPI, facecolor="white", bbox_inches="tight" if tight else None
+            )
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
