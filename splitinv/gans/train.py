@@ -106,9 +106,9 @@ class SampleGrid(L.Callback):
         return make_grid(images, nrow=self.nrow, padding=2, pad_value=1.0)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch_done = trainer.current_epoch + 1
-        last = epoch_done == trainer.max_epochs or (0 < (trainer.max_steps or -1) <= trainer.global_step)
-        if not trainer.is_global_zero or not (epoch_done % self.every == 0 or last):
+        epoch = trainer.current_epoch + 1
+        last = epoch == trainer.max_epochs or (0 < (trainer.max_steps or -1) <= trainer.global_step)
+        if not trainer.is_global_zero or not (epoch % self.every == 0 or last):
             return
         import os
         import uuid
@@ -116,7 +116,6 @@ class SampleGrid(L.Callback):
         from lightning.pytorch.loggers import WandbLogger
         from torchvision.utils import save_image
 
-        epoch = trainer.current_epoch + 1
         path = self.folder / f"epoch_{epoch:03d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}-{uuid.uuid4().hex[:8]}.tmp")
