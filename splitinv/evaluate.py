@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,6 +267,7 @@ def evaluate(
     trainer: L.Trainer | None = None,
     reconstructions_dir: str | Path | None = None,
     evaluator: torch.nn.Module | None = None,
+    sink: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> Evaluation:
     """Invert every evaluation batch from its observations and score it (fp32, clamped to [0, 1]).
 
@@ -274,6 +275,10 @@ def evaluate(
     a trainer is given), keeping each image in ``reconstructions_dir`` (memory when None) so a re-run skips
     the images already done; other attacks invert batch by batch. ``evaluator``: an independent classifier
     on [0, 1] images (not the victim): adds ``evaluator_agreement``, its top-1 on x_hat against on x.
+
+    Streams: each batch is scored and let go; what is held is the per-image scores and the first ``keep``
+    images (for the sheets, as uint8), whatever the set size. ``sink(index, x_hat)`` receives every batch of
+    reconstructions as it is scored (:class:`splitinv.results.ReconstructionWriter`).
     """
     split.eval()
     store: ReconstructionStore | None = None
@@ -334,10 +339,13 @@ def evaluate(
         for key, values in scores.items():
             if values is not None:
                 columns.setdefault(key, []).extend(float(v) for v in values.detach().cpu())
+        if sink is not None:
+            sink(index, x_hat)
         n += x.shape[0]
-        if sum(t.shape[0] for t in kept_x) < keep:
-            kept_x.append(x.detach().cpu())
-            kept_hat.append(x_hat.detach().cpu())
+        room = keep - sum(t.shape[0] for t in kept_x)
+        if room > 0:
+            kept_x.append(_as_uint8(x[:room]))
+            kept_hat.append(_as_uint8(x_hat[:room]))
     if n == 0:
         raise SplitinvError("the evaluation set is empty: set data.n_eval to at least 1.")
     if "lpips" not in columns:
@@ -345,15 +353,21 @@ def evaluate(
     extra: dict[str, Any] = {}
     if attacked is not None:
         extra = {"attacked": attacked, "skipped": n - attacked, "reconstructions_dir": reconstructions_dir}
+    empty = torch.zeros(0, *x.shape[1:])
     return Evaluation(
         per_image=columns,
-        originals=torch.cat(kept_x)[:keep],
-        reconstructions=torch.cat(kept_hat)[:keep],
+        originals=torch.cat(kept_x).float() / 255 if kept_x else empty,
+        reconstructions=torch.cat(kept_hat).float() / 255 if kept_hat else empty,
         seconds=attack_seconds,
         images=n,
         extra=extra,
         attacked=attacked,
     )
+
+
+def _as_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] as uint8 on the CPU: a kept image costs a quarter of its float32 size."""
+    return (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def _load(

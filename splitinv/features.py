@@ -8,8 +8,10 @@ uncached), and one cache serves a sweep over defenses and their strengths.
 The auxiliary images are drawn once (a fixed set: no per-epoch augmentation) and pushed through the victim
 ONCE for all the cut points a sweep needs (one forward pass, :func:`splitinv.cut.extractor`). Each cut point's
 activations go to their own file, keyed by a hash of everything they depend on: the victim (name, weights
-file content, image size), the data (its ``describe()``: dataset, sizes, seed), the cut point and the storage
-dtype. Change any of them and the key changes, so a stale file is never read.
+file content, image size), the auxiliary data (its ``aux_describe()``: dataset, image size and transform,
+seed, the auxiliary images' ids; not the evaluation settings, so one cache serves every ``n_eval``, defense
+and attack of a sweep), the cut point and the storage dtype. Change any of them and the key changes, so a
+stale file is never read.
 
 Building streams: each batch is written into its place in a preallocated file as soon as it is computed, so
 a build holds one batch in memory whatever the set size. A journal beside the file records the finished
@@ -363,7 +365,8 @@ class FeatureCache:
         self._identity = {
             "format": CACHE_FORMAT,
             "victim": victim_identity(victim, seed),
-            "data": datamodule.describe(),
+            # the auxiliary set only: evaluation settings (n_eval, eval lists) do not change the activations
+            "data": getattr(datamodule, "aux_describe", datamodule.describe)(),
             "dtype": dtype,
         }
         self._verified: set[Path] = set()

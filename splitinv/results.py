@@ -57,6 +57,66 @@ def load_images(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     return parts[0].float() / 255, parts[1].float() / 255
 
 
+SAVE_FORMATS = ("none", "uint8", "png")
+RECONSTRUCTIONS_ARRAY = "reconstructions.npy"  # save_reconstructions=uint8
+RECONSTRUCTIONS_PNG = "reconstructions_png"  # save_reconstructions=png: <index>.png
+
+
+class ReconstructionWriter:
+    """Every reconstruction written as it is scored (``save_reconstructions``), so memory stays one batch:
+    ``uint8``: one (N, C, H, W) uint8 array, ``reconstructions.npy``, a memory-mapped .npy file filled batch
+    by batch in samples.csv's row order; ``png``: ``reconstructions_png/<index>.png``. Written under a hidden
+    temporary name in the run folder; :meth:`move_into` puts it into :func:`write_run`'s staging folder, and
+    :meth:`discard` removes it (a failed run leaves nothing half-written)."""
+
+    def __init__(self, out_dir: str | Path, fmt: str, n_images: int) -> None:
+        if fmt not in SAVE_FORMATS:
+            raise SplitinvError(f"save_reconstructions={fmt!r}: use one of {', '.join(SAVE_FORMATS)}.")
+        self.fmt, self.n_images, self.rows = fmt, int(n_images), 0
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.name = RECONSTRUCTIONS_ARRAY if fmt == "uint8" else RECONSTRUCTIONS_PNG
+        self.tmp = Path(tempfile.mkdtemp(prefix=".partial-reconstructions-", dir=out))
+        self._array: Any = None
+
+    def add(self, index: Any, x_hat: torch.Tensor) -> None:
+        """One batch of reconstructions in [0, 1] (B, C, H, W) and their evaluation indices."""
+        pixels = (x_hat.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+        if self.fmt == "uint8":
+            if self._array is None:
+                from numpy.lib.format import open_memmap
+
+                shape = (self.n_images, *pixels.shape[1:])
+                self._array = open_memmap(self.tmp / self.name, mode="w+", dtype="uint8", shape=shape)
+            end = self.rows + pixels.shape[0]
+            if end > self.n_images:
+                raise SplitinvError(f"more than the {self.n_images} evaluation images were scored.")
+            self._array[self.rows : end] = pixels.numpy()
+        else:
+            from PIL import Image
+
+            folder = self.tmp / self.name
+            folder.mkdir(exist_ok=True)
+            for i, image in zip(torch.as_tensor(index).tolist(), pixels, strict=True):
+                array = image.permute(1, 2, 0).numpy()
+                Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(folder / f"{i}.png")
+        self.rows += pixels.shape[0]
+
+    def move_into(self, stage: Path) -> None:
+        """Flush and move the finished file (or folder) into ``stage``."""
+        if self._array is not None:
+            self._array.flush()
+            self._array = None
+        source = self.tmp / self.name
+        if not source.exists():  # no image was scored
+            raise SplitinvError("save_reconstructions: no reconstruction was written.")
+        os.replace(source, stage / self.name)
+
+    def discard(self) -> None:
+        self._array = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 def _clean(value: Any) -> Any:
     """JSON-safe: NaN and inf become null (JSON has no NaN), tensors and numpy scalars become numbers."""
     if isinstance(value, dict):
@@ -94,10 +154,13 @@ def write_run(
             writer(stage / name)
         (stage / METRICS_FILE).write_text(json.dumps(_clean(record), indent=2, sort_keys=False) + "\n")
         names = [p.name for p in stage.iterdir()]
+        stale = (_OLD_GRID, RECONSTRUCTIONS_ARRAY, RECONSTRUCTIONS_PNG)
         for old in out.iterdir():  # a stale sheet would show another run's reconstructions
-            if (is_sheet(old.name) or old.name == _OLD_GRID) and old.name not in names and old.is_file():
-                old.unlink()
+            if (is_sheet(old.name) or old.name in stale) and old.name not in names:
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
         for name in sorted(names, key=lambda n: n == METRICS_FILE):  # metrics.json moves last
+            if (stage / name).is_dir() and (out / name).is_dir():
+                shutil.rmtree(out / name)  # a folder of files (reconstructions_png/) is replaced whole
             os.replace(stage / name, out / name)
         (out / FAILED_FILE).unlink(missing_ok=True)  # an earlier failure of this job is superseded
     finally:

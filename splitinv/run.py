@@ -9,8 +9,12 @@ of a composed config, so notebooks and tests can call it with the same configs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
+import os
 import resource
 import time
 from pathlib import Path
@@ -66,6 +70,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise SplitinvError(f"lpips={cfg.lpips!r} is not one of auto, required, off.")
     if cfg.lpips == "required":
         metrics.lpips_model("alex", "cpu")  # fail before any training when LPIPS cannot be computed
+    sheets.sheet_images(cfg.get("sheets", 16), 1)  # bad output settings fail before any training too
+    if str(cfg.get("save_reconstructions", "none") or "none") not in results.SAVE_FORMATS:
+        raise SplitinvError(
+            f"save_reconstructions={cfg.save_reconstructions!r}: use one of "
+            f"{', '.join(results.SAVE_FORMATS)}."
+        )
 
     victim = instantiate(cfg.victim)
     datamodule = instantiate(cfg.data)
@@ -87,6 +97,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger)
     device = trainer.strategy.root_device
     image_shape = (datamodule.channels, datamodule.image_size, datamodule.image_size)
+    writer: results.ReconstructionWriter | None = None
 
     try:
         context = AttackContext.for_attack(
@@ -101,6 +112,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         train_stats = attack.fit(context) or {}
         victim.to(device)
         datamodule.setup("predict")
+        n_eval = len(datamodule.eval_dataset())
+        n_sheet = sheets.sheet_images(cfg.get("sheets", 16), n_eval)
+        fmt = str(cfg.get("save_reconstructions", "none") or "none")
+        writer = None if fmt == "none" else results.ReconstructionWriter(out_dir, fmt, n_eval)
         ev = evaluate(
             the_split,
             attack,
@@ -110,10 +125,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             trainer=trainer,
             reconstructions_dir=out_dir / "reconstructions" if attack.per_image else None,
             evaluator=_evaluator(cfg, victim, device),
-            keep=len(datamodule.eval_dataset()),  # every evaluation image goes on the reconstruction sheets
+            keep=n_sheet,  # the first n_sheet evaluation images go on the sheets; the rest are let go
+            sink=writer.add if writer is not None else None,
         )
-        utility = the_split.utility(datamodule.predict_dataloader(), device=device)
-        utility_test = _utility_on_held_out(cfg, the_split, datamodule, device)
+        utility = measure_utility(the_split, datamodule.predict_dataloader(), device)
+        utility_test = _utility_on_held_out(cfg, the_split, datamodule, victim, inputs, device)
         baselines = _baselines(cfg, datamodule, aux_datamodule, attack, ev, device)
         record = _record(
             cfg, key, the_split, victim, datamodule, attack, ev, train_stats, device, cut_info, start,
@@ -121,14 +137,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             aux=None if aux_datamodule is datamodule else aux_datamodule, precision=str(trainer.precision),
         )  # fmt: skip
         record["inputs"] = inputs  # the input files' digests: a changed file reruns the job
+        record["sheet_indices"] = ev.per_image["index"][:n_sheet]  # the images on the sheets and images.pt
         extra = dict(attack.artifacts())
-        extra[results.IMAGES_FILE] = lambda path: results.save_images(path, ev.originals, ev.reconstructions)
+        if n_sheet:
+            extra[results.IMAGES_FILE] = lambda path: results.save_images(
+                path, ev.originals, ev.reconstructions
+            )
+        if writer is not None:
+            extra[writer.name] = lambda path: writer.move_into(path.parent)
         if trainer.is_global_zero:
             images = (ev.originals, ev.reconstructions)
             config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
             results.write_run(out_dir, record, ev.per_image, images, config_yaml, extra_files=extra)
             results.log_to_logger(logger, record, ev.per_image, sheets.first_sheet(out_dir))
     finally:
+        if writer is not None:
+            writer.discard()  # moved into the run folder by now, or a failed run's partial file
         results.finish_logger(logger)  # each job (and each call from Python) gets its own W&B run
     return record
 
@@ -185,15 +209,81 @@ def _baselines(
     return {name: results.summary(values) for name, values in columns.items()}
 
 
-def _utility_on_held_out(cfg: DictConfig, the_split: Split, datamodule: Any, device: torch.device) -> Any:
+def measure_utility(the_split: Split, batches: Any, device: torch.device) -> dict[str, Any]:
+    """The split's utility with the defense's random draws restarted from its seed first, so that it is the
+    same whatever the attack drew before it (an adaptive attacker's training advances a seeded defense's
+    generator): adaptive and naive jobs of one defense setting read the same accuracy."""
+    reset = getattr(the_split.defense, "reset", None)
+    if callable(reset):
+        reset()
+    return the_split.utility(batches, device=device)
+
+
+def _utility_on_held_out(
+    cfg: DictConfig,
+    the_split: Split,
+    datamodule: Any,
+    victim: Any,
+    inputs: dict[str, str],
+    device: torch.device,
+) -> Any:
     """The defended split's utility on the data's whole test split (``utility_test: true`` and the data has
-    one), else None."""
+    one), else None. In a multirun it is measured once per (victim and its weights, cut, defense setting,
+    seed, data) and kept in the sweep folder (``.splitinv/utility/<key>.json``): every attack of a sweep
+    reads the same number without another pass over the test split."""
     held_out = datamodule.held_out_dataset() if cfg.get("utility_test", True) else None
     if held_out is None:
         return None
     from torch.utils.data import DataLoader
 
-    return the_split.utility(DataLoader(held_out, batch_size=max(64, datamodule.batch_size)), device=device)
+    memo = _utility_memo(cfg, the_split, datamodule, victim, inputs, len(held_out), device)
+    if memo is not None and memo.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            value = json.loads(memo.read_text())
+            if isinstance(value, dict) and {"accuracy", "agreement", "n"} <= set(value):
+                return value
+    loader = DataLoader(held_out, batch_size=max(64, datamodule.batch_size))
+    value = measure_utility(the_split, loader, device)
+    if memo is not None:
+        with contextlib.suppress(OSError):
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f".{memo.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(value))
+            os.replace(tmp, memo)  # whole or absent: a concurrent job reads the old state or the new
+    return value
+
+
+def _utility_memo(
+    cfg: DictConfig,
+    the_split: Split,
+    datamodule: Any,
+    victim: Any,
+    inputs: dict[str, str],
+    n_held_out: int,
+    device: torch.device,
+) -> Path | None:
+    """Where a multirun keeps the held-out utility of this (victim, weights, cut, defense, seed, data); None
+    outside a multirun (a single job measures it)."""
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return None
+    identity = {
+        "victim": victim.describe(),
+        "weights": {k: v for k, v in inputs.items() if k.startswith("victim.")},
+        "cut": the_split.point,
+        "defense": the_split.defense.describe(),
+        "seed": int(cfg.seed),
+        "data": {
+            "name": datamodule.name,
+            "root": datamodule.root,
+            "image_size": datamodule.image_size,
+            "channels": datamodule.channels,
+            "held_out": n_held_out,
+            "inputs": {k: v for k, v in inputs.items() if k.startswith("data.")},
+        },
+        "device": device.type,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return Path(HydraConfig.get().sweep.dir) / ".splitinv" / "utility" / f"{key}.json"
 
 
 def _fit_data(

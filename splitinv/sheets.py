@@ -208,6 +208,20 @@ def write_sheets(
     return written
 
 
+def sheet_images(setting: Any, n_eval: int) -> int:
+    """How many evaluation images the ``sheets`` setting draws out of ``n_eval``: an integer >= 0 (at most
+    ``n_eval``), ``all`` or ``none``; a one-line error for anything else."""
+    if isinstance(setting, str) and setting.strip().lower() in ("all", "none"):
+        return n_eval if setting.strip().lower() == "all" else 0
+    if setting is None or setting is False:
+        return 0
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
+        raise SplitinvError(
+            f"sheets={setting!r}: give how many evaluation images to draw (an integer >= 0), all, or none."
+        )
+    return min(int(setting), n_eval)
+
+
 def is_sheet(name: str) -> bool:
     """Whether ``name`` is a sheet file of :func:`sheet_names` (png or pdf)."""
     stem, _, ext = name.rpartition(".")

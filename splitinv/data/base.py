@@ -148,6 +148,10 @@ def _unknown(kind: str, name: str, valid: Sequence[str]) -> SplitinvError:
 # ------------------------------------------------------------------------------------------------ datasets
 
 
+# describe() keys that say which images are evaluated, not which are auxiliary (aux_describe drops them)
+EVAL_ONLY_KEYS = ("n_eval", "eval_hash", "eval_ids", "eval_root", "eval_list", "eval_photos")
+
+
 class _TensorImages(Dataset):
     """Items ``ids`` of a uint8 image tensor (N, C, H, W), resized on the fly; optional random flip."""
 
@@ -304,6 +308,15 @@ class ImageDataModule(L.LightningDataModule):
         }
         if len(self.eval_ids) <= 1000:
             info["eval_ids"] = list(self.eval_ids)
+        return info
+
+    def aux_describe(self) -> dict[str, Any]:
+        """What the auxiliary images depend on: :meth:`describe` without the evaluation's keys, with a hash
+        of the auxiliary items' source ids. The activation cache is keyed on it, so one cache serves every
+        ``n_eval`` (and evaluation list or folder) that leaves the auxiliary set as it is: a dataset's train
+        split, or an image folder with a separate ``eval_root``."""
+        info = {k: v for k, v in self.describe().items() if k not in EVAL_ONLY_KEYS}
+        info["aux_hash"] = _hash(self.aux_ids)
         return info
 
 
