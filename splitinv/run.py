@@ -116,6 +116,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         n_sheet = sheets.sheet_images(cfg.get("sheets", 16), n_eval)
         fmt = str(cfg.get("save_reconstructions", "none") or "none")
         writer = None if fmt == "none" else results.ReconstructionWriter(out_dir, fmt, n_eval)
+        eval_start = time.perf_counter()
         ev = evaluate(
             the_split,
             attack,
@@ -131,6 +132,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         utility = measure_utility(the_split, datamodule.predict_dataloader(), device)
         utility_test = _utility_on_held_out(cfg, the_split, datamodule, victim, inputs, device)
         baselines = _baselines(cfg, datamodule, aux_datamodule, attack, ev, device)
+        train_stats["evaluation_s"] = time.perf_counter() - eval_start
         record = _record(
             cfg, key, the_split, victim, datamodule, attack, ev, train_stats, device, cut_info, start,
             utility=utility, utility_test=utility_test, baselines=baselines,
@@ -269,7 +271,8 @@ def _utility_memo(
     identity = {
         "victim": victim.describe(),
         "weights": {k: v for k, v in inputs.items() if k.startswith("victim.")},
-        "cut": the_split.point,
+        # undefended, tail(head(x)) is the whole victim at every cut: one pass serves a sweep over cuts
+        "cut": None if the_split.defense.is_identity else the_split.point,
         "defense": the_split.defense.describe(),
         "seed": int(cfg.seed),
         "data": {
@@ -399,6 +402,8 @@ def _record(
             "train_images_per_s": train.get("train_images_per_s"),
             "train_steps": train.get("train_steps"),
             "attack_images_per_s": ev.images_per_s,
+            # evaluating the n_eval images: attack, scores, utility, baselines (and the held-out utility)
+            "evaluation_s": train.get("evaluation_s"),
             "steps_per_image": attack.steps_per_image,
             "attacked_images": ev.extra.get("attacked", ev.images),  # a resumed job skips finished images
             "skipped_images": ev.extra.get("skipped", 0),
