@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.resources
+import json
 import os
 import pkgutil
 import re
@@ -97,6 +98,9 @@ command("splitinv-run", "victim=he2019_mnist", f"victim.weights={victim}", "data
         "attack=decoder", "attack.preset=he2019", "data.n_aux=64", "data.n_eval=4", "trainer.max_epochs=1",
         "utility_test=false", f"hydra.run.dir={OUT / 'runs' / 'conv1'}", *FAST,
         shows=r"he2019_mnist @ conv1")  # fmt: skip
+written = OUT / "runs" / "conv1" / "metrics.json"
+recorded = json.loads(written.read_text())["versions"]["splitinv"] if written.is_file() else None
+check(recorded == splitinv.__version__, f"metrics.json records splitinv {recorded}")
 command("splitinv", "table", str(OUT / "runs"), "--published", "he2019", "--rows", "attack+preset",
         "--cols", "cut", "--metrics", "psnr,ssim", shows=r"\| decoder/paper \|")  # fmt: skip
 command("splitinv", "plot", str(OUT / "runs"), "--output", str(OUT / "figures"))
