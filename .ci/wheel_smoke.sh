@@ -14,6 +14,15 @@ wheel=$(ls "$work"/dist/*.whl)
 python "$repo/.ci/wheel_contents.py" "$repo" "$wheel"
 
 python -m venv --system-site-packages "$work/venv"
+# torch and the other dependencies come from this Python's site-packages, also where this Python is itself a
+# virtual environment (whose packages --system-site-packages does not reach): a .pth file adds them after the
+# new environment's own site-packages, so splitinv is found in the wheel's copy first (smoke.py checks where).
+purelib=$("$work/venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+python - > "$purelib/_splitinv_smoke_deps.pth" <<'PY'
+import os, site
+dirs = [d for d in [*site.getsitepackages(), site.getusersitepackages()] if os.path.isdir(d)]
+print("import site; " + "; ".join(f"site.addsitedir({d!r})" for d in dirs))
+PY
 "$work/venv/bin/pip" install --quiet --no-deps --no-index "$wheel"
 cp "$repo/.ci/smoke.py" "$work/smoke.py"
 mkdir -p "$work/home"
