@@ -59,18 +59,15 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     __version__: str
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+def _get_version() -> str:
+    from splitinv._version import __version__  # the source tree's own, also where the metadata is stale
 
-    try:
-        return version("splitinv")
-    except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
-        return "0.0.0"
+    return __version__
 
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":
-        value: Any = _version()
+        value: Any = _get_version()
     elif name in _EXPORTS:
         module = importlib.import_module(_EXPORTS[name])
         is_submodule = _EXPORTS[name] == f"{__name__}.{name}" and name not in _SHADOWED  # metrics, gans

@@ -231,6 +231,20 @@ def _advise(args: argparse.Namespace) -> None:
     print("\n".join(f"wrote {path}" for path in written))
 
 
+def _doctor(args: argparse.Namespace) -> None:
+    from splitinv.doctor import main as doctor
+
+    sys.exit(doctor())
+
+
+def _weights(args: argparse.Namespace) -> None:
+    from splitinv.weights import import_weights
+
+    for item in import_weights(args.files, timm_model=args.timm, sha256=args.sha256):
+        state = "already there" if item.unchanged else "copied"
+        print(f"{item.source} -> {item.target}: {item.what}, sha256 {item.sha256[:12]}..., {state}")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a bad command line reported in one line (no usage block) like every other error."""
 
@@ -255,6 +269,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="a local weights file or folder; omit for random weights")
     p.add_argument("--width", type=int, default=None, help="table width in characters")
     p.set_defaults(func=_gan_layers)
+
+    p = sub.add_parser(
+        "doctor",
+        help="the environment, the torch build, cached LPIPS and pretrained weights, what is missing",
+    )
+    p.set_defaults(func=_doctor)
+
+    p = sub.add_parser("weights", help="pretrained weights brought from another machine")
+    wsub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    p = wsub.add_parser(
+        "import",
+        help="copy weight files into the caches torchvision, LPIPS and timm read, checksums checked",
+        description="Copy weight files into the caches splitinv reads them from: torchvision's files (the "
+        "LPIPS backbones alexnet-owt-7be5be79.pth and vgg16-397923af.pth among them) into "
+        "$TORCH_HOME/hub/checkpoints, checked against the checksum in their published name; a timm "
+        "checkpoint (--timm MODEL) into the Hugging Face cache, checked to fit the model.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="weight files (torchvision's, under any name)")
+    p.add_argument(
+        "--timm", default=None, metavar="MODEL", help="the timm model of FILE, e.g. resnet50.a1_in1k"
+    )
+    p.add_argument(
+        "--sha256", default=None, help="with --timm: the checksum on the model's Hugging Face page"
+    )
+    p.set_defaults(func=_weights)
 
     p = sub.add_parser("victims", help="list the victim names build_victim accepts")
     p.add_argument("--timm", action="store_true", help="list timm's models instead of torchvision's")

@@ -310,7 +310,8 @@ def clear_lpips_cache() -> None:
 def _unavailable(net: str, path: Path, reason: str) -> LPIPSUnavailable:
     return LPIPSUnavailable(
         f"LPIPS-{net} is unavailable: backbone weights {path.name} not found in {path.parent} ({reason}); "
-        f"copy {path.name} into {path.parent} (or set TORCH_HOME) or run once with network access"
+        f"bring a copy of {path.name} and run `splitinv weights import {path.name}` (checksum checked), "
+        "or run once with network access"
     )
 
 

@@ -1,5 +1,6 @@
-"""The docs run: every code block of README.md and experiments/README.md is run, checked or declared not
-runnable, and the output the docs show is compared with what the commands print, so the docs cannot drift.
+"""The docs run: every code block of README.md, the pages it links (docs/, CONTRIBUTING.md) and
+experiments/README.md is run, checked or declared not runnable, in the order of ``DOCS``, in one working
+folder, and the output the docs show is compared with what the commands print, so the docs cannot drift.
 
 Each block carries an HTML comment on the line before it (invisible on GitHub) saying what it is:
 
@@ -44,7 +45,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "experiments" / "README.md"]
+# in the order they run, in one folder: later pages read what earlier ones wrote (the README's quickstart
+# victim and decoders); every markdown page the docs link must be here (test_every_linked_page_is_run...)
+DOCS = [
+    ROOT / "README.md",
+    *(
+        ROOT / "docs" / f"{page}.md"
+        for page in (
+            "python", "attack", "own-network", "he2019", "defenses", "gans", "results", "sweeps", "advise",
+            "cluster", "precision", "benchmarks", "metrics",
+        )
+    ),
+    ROOT / "CONTRIBUTING.md",
+    ROOT / "CHANGELOG.md",
+    ROOT / "experiments" / "README.md",
+]  # fmt: skip
 KINDS = ("run", "check", "output", "file", "keys", "skip")
 VALUE_START = tuple("[{('\"0123456789-")
 
@@ -146,6 +161,45 @@ def test_every_block_is_declared() -> None:
             if block.kind == "output" and block.lang not in ("", "table", "text"):
                 problems.append(f"{block.where()}: an output block has no language ({block.lang})")
     assert not problems, "\n".join(problems)
+
+
+_LINK = re.compile(r"\]\(([^)#\s]+)(#[^)\s]*)?\)")
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_linked_page_is_run_and_every_link_resolves() -> None:
+    """Every relative link of the docs points at a file (and an anchor at a heading there), and every markdown
+    page the docs link is one the docs run runs."""
+    problems = []
+    for doc in DOCS:
+        assert doc.is_file(), f"{doc} is in DOCS but does not exist"
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            for target, anchor in _LINK.findall(line):
+                if re.match(r"^[a-z]+:", target):  # https:, mailto:
+                    continue
+                path = (doc.parent / target).resolve()
+                where = f"{doc.relative_to(ROOT)}:{number}: {target}{anchor}"
+                if not path.exists():
+                    problems.append(f"{where}: no such file")
+                elif path.suffix == ".md" and path not in DOCS:
+                    problems.append(f"{where}: a page the docs run does not run (add it to DOCS)")
+                elif anchor and path.suffix == ".md":
+                    headings = [_slug(h) for h in re.findall(r"^#+ (.+)$", path.read_text(), re.M)]
+                    if anchor[1:] not in headings:
+                        problems.append(f"{where}: no heading with that anchor")
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            for anchor in re.findall(r"\]\((#[^)\s]+)\)", line):
+                if anchor[1:] not in [_slug(h) for h in re.findall(r"^#+ (.+)$", doc.read_text(), re.M)]:
+                    problems.append(
+                        f"{doc.relative_to(ROOT)}:{number}: {anchor}: no heading with that anchor"
+                    )
+    assert not problems, "\n".join(problems)
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 400 and "## I want to ..." in readme
 
 
 # ------------------------------------------------------------------------------------------------- comparing
