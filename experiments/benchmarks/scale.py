@@ -63,6 +63,7 @@ FIXED_JOB = [
 ]
 SWEEP_POINTS = ("layer1", "layer2", "layer3", "layer4")
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore", "SPLITINV_PROGRESS_INTERVAL": "3600"}
+EXTRA_ENV: dict[str, str] = {}  # OMP_NUM_THREADS from --threads
 
 
 def _children_cpu() -> float:
@@ -73,7 +74,7 @@ def _children_cpu() -> float:
 def timed(command: Sequence[str], cwd: Path) -> tuple[float, float, str]:
     """(CPU seconds, wall seconds, stderr) of one child process; a failure stops the benchmark."""
     cpu, wall = _children_cpu(), time.perf_counter()
-    proc = subprocess.run(list(command), cwd=cwd, env=ENV, capture_output=True, text=True)
+    proc = subprocess.run(list(command), cwd=cwd, env={**ENV, **EXTRA_ENV}, capture_output=True, text=True)
     cpu, wall = _children_cpu() - cpu, time.perf_counter() - wall
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(command)}\n{proc.stderr[-3000:]}")
@@ -294,13 +295,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the compared sides")
     parser.add_argument("--sweep-aux", type=int, default=1024)
     parser.add_argument("--sweep-epochs", type=int, default=4)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads of every job (OMP_NUM_THREADS; 0: torch's default). One thread keeps CPU seconds "
+        "honest on a shared machine: idle threads of a busy pool spin and are billed as work",
+    )
     parser.add_argument("--work", default=None, help="folder for the runs (default: a temporary one)")
     args = parser.parse_args()
     parts = [p.strip() for p in args.parts.split(",")]
     unknown = set(parts) - {"scale", "fixed", "sweep"}
     if unknown:
         parser.error(f"unknown part(s) {', '.join(sorted(unknown))}: use scale, fixed, sweep")
-    print(machine(args.device))
+    if args.threads > 0:
+        EXTRA_ENV["OMP_NUM_THREADS"] = str(args.threads)
+    print(machine(args.device) + f"; jobs run with {args.threads or 'default'} thread(s)")
     with tempfile.TemporaryDirectory(prefix="splitinv-scale-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
