@@ -122,7 +122,7 @@ def scale(args: argparse.Namespace, work: Path) -> None:
         command = [
             RUN, f"victim={args.victim}", f"victim.image_size={args.size}", f"cut={args.cut}",
             "data=imagefolder", f"data.root={aux_root}", f"data.eval_root={eval_root}", f"data.n_eval={n}",
-            f"data.batch_size={args.batch_size}", "data.num_workers=0",
+            f"data.batch_size={args.batch_size}", f"data.num_workers={args.workers}",
             f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1", f"trainer.precision={args.precision}",
             f"trainer.accelerator={'gpu' if args.device.startswith('cuda') else 'cpu'}",
             f"attack.width={args.width}", "cache.enabled=true", f"cache.dir={cache}", "logger=csv",
@@ -290,6 +290,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="decoder steps (scale)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--width", type=int, default=32, help="the decoder's first-layer channels (scale)")
+    parser.add_argument("--workers", type=int, default=0, help="data loader processes (scale)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the compared sides")
