@@ -69,13 +69,13 @@ def _box(ax: Any, png: np.ndarray) -> tuple[int, int, int, int]:
 # ---------------------------------------------------------------------------------------- a run's sheets
 
 
-def test_run_sheets_hold_every_image_with_its_own_scores(
+def test_run_sheets_hold_every_image_with_its_own_scores_under_sheets_all(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     figures = _capture_sheets(monkeypatch)
     out = tmp_path / "run"
     with pytest.warns(UserWarning, match="RANDOM weights"):
-        run(compose(TINY_RUN, output_dir=out))
+        run(compose([*TINY_RUN, "sheets=all"], output_dir=out))
     names = sorted(p.name for p in out.iterdir() if p.name.startswith(("reconstructions", "grid")))
     assert names == [
         "reconstructions_1.pdf", "reconstructions_1.png", "reconstructions_2.pdf", "reconstructions_2.png",
