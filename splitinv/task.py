@@ -133,7 +133,7 @@ def check_overrides(args: Sequence[str]) -> None:
     (``data.root=/my dir``), and a run or sweep folder that cannot be created."""
     previous = ""
     for arg in args:
-        if previous in _FLAGS_WITH_VALUE or arg.startswith("-") or "=" in arg:
+        if previous in _FLAGS_WITH_VALUE or arg.startswith(("-", "~")) or "=" in arg:  # ~key: delete key
             previous = arg
             continue
         if "=" in previous and not previous.startswith("-"):
