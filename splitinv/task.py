@@ -159,6 +159,36 @@ def _check_creatable(path: Path, key: str) -> None:
         raise SplitinvError(f"{key}={path}: {probe} is not writable: choose a writable {key}.")
 
 
+def check_launcher(config_name: str, args: Sequence[str]) -> None:
+    """``hydra/launcher=slurm``: resolve its counts now (one job of the sweep, each swept key at its first
+    value), so a count SLURM cannot take (``trainer.devices=-1``) is a one-line error, not Hydra's traceback
+    from inside the launcher."""
+    if not any(a.lstrip("+").startswith("hydra/launcher=slurm") for a in args):
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    from splitinv.config import compose
+
+    single = []
+    for override in OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")]):
+        line = override.input_line or ""
+        if override.is_sweep_override():
+            line = f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"
+        single.append(line)
+    cfg = compose(single, config_name=config_name, return_hydra_config=True)
+    try:
+        OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    except InterpolationResolutionError as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, SplitinvError):  # OmegaConf drops __cause__
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise SplitinvError(str(cause)) from None
+        raise
+
+
 class SweepStatus:
     """A Hydra callback (``hydra.callbacks`` in conf/hydra/default.yaml): after a multirun, in the launching
     process whatever the launcher, count the jobs of this sweep that wrote ``failed.json`` so the command can
@@ -216,6 +246,7 @@ def hydra_command(
         try:
             check_overrides(args)
             check_group_choices(args)
+            check_launcher(config_name, args)
             if prepare_argv is not None:
                 args = prepare_argv(args)
         except SplitinvError as err:
