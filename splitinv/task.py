@@ -78,6 +78,19 @@ class WandbRuns:
         return f"W&B: offline run{'s' if n > 1 else ''} saved ({where}); upload with `wandb sync DIR`"
 
 
+def global_rank() -> int:
+    """This process's rank in a distributed job (0 alone): Lightning's once it has set it (its strategy does
+    at launch), else the launcher's environment (``RANK``, or SLURM's ``SLURM_PROCID``)."""
+    rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
+    rank = getattr(getattr(rank_zero, "rank_zero_only", None), "rank", None)
+    if rank is not None:
+        return int(rank)
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
 def _finish_wandb(cfg: DictConfig, since: float) -> None:
     from splitinv import results
 
@@ -238,7 +251,7 @@ def hydra_command(
     def _hydra_main(cfg: DictConfig) -> None:
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
         record = run_task(command, task, cfg, multirun)
-        if record is not None:
+        if record is not None and global_rank() == 0:  # one summary per job, not one per DDP rank
             print(summary(record, cfg), flush=True)
 
     def main(argv: Sequence[str] | None = None) -> None:
