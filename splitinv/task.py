@@ -184,8 +184,14 @@ def check_launcher(config_name: str, args: Sequence[str]) -> None:
 
     from splitinv.config import compose
 
+    overrides = [a for a, before in zip(args, ["", *args], strict=False) if not a.startswith("-")
+                 and before not in _FLAGS_WITH_VALUE]  # fmt: skip
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # a malformed override: Hydra itself reports it
+        return
     single = []
-    for override in OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")]):
+    for override in parsed:
         line = override.input_line or ""
         if override.is_sweep_override():
             line = f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"

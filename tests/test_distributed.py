@@ -57,7 +57,8 @@ def test_slurm_counts_follow_devices_and_nodes() -> None:
 )
 def test_slurm_refuses_counts_it_cannot_take_in_one_line(override: str, key: str) -> None:
     with pytest.raises(SplitinvError) as err:  # what the command line gets, before Hydra's launcher runs
-        check_launcher("run", ["-m", "hydra/launcher=slurm", "trainer=ddp", override, "cut=layer1,layer2"])
+        argv = ["-m", "hydra/launcher=slurm", "trainer=ddp", override, "cut=layer1,layer2", "--cfg", "job"]
+        check_launcher("run", argv)
     message = str(err.value)
     assert "\n" not in message and f"{key} is" in message and f"set {key}=N" in message
 
