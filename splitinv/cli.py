@@ -55,9 +55,10 @@ def _gan_layers(args: argparse.Namespace) -> None:
 
 
 def _victims(args: argparse.Namespace) -> None:
-    import timm
-
+    from splitinv.imports import timm_without_wandb
     from splitinv.victims import torchvision_names
+
+    timm = timm_without_wandb()
 
     names = sorted(timm.list_models(args.filter or "*")) if args.timm else torchvision_names()
     if args.filter and not args.timm:

@@ -24,18 +24,51 @@ VOLATILE_TRAINER_KEYS = ("enable_progress_bar", "default_root_dir", "log_every_n
 
 
 def compose(
-    overrides: Sequence[str] = (), output_dir: str | Path | None = None, config_name: str = "run"
+    overrides: Sequence[str] = (),
+    output_dir: str | Path | None = None,
+    config_name: str = "run",
+    return_hydra_config: bool = False,
 ) -> DictConfig:
     """The config `splitinv-run OVERRIDES` would run, with its results going to ``output_dir``.
 
     Example: ``run(compose(["victim=resnet18", "cut=layer3", "logger=csv"], output_dir="outputs/nb"))``.
+    ``return_hydra_config``: keep the ``hydra`` node too (the launcher's settings, ``hydra/launcher=slurm``).
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
     extra = [f"paths.output_dir={Path(output_dir).resolve()}"] if output_dir is not None else []
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=[*overrides, *extra])
+        return hydra_compose(
+            config_name=config_name,
+            overrides=[*overrides, *extra],
+            return_hydra_config=return_hydra_config,
+        )
+
+
+def slurm_count(value: Any, key: str, accelerator: Any = None) -> int:
+    """A positive per-node count for SLURM (``conf/hydra/launcher/slurm.yaml``) from the trainer's ``key``
+    (``devices``, ``num_nodes``): an integer, a list of device ids or ``"0,1"`` count as given; Lightning's
+    "all of them" (``-1``, ``auto``) has no meaning before the job lands on a node, so it is refused in one
+    line. With ``accelerator`` (``gpus_per_node``): 0 on a CPU trainer, where the count is of processes."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    elif isinstance(value, str) and "," in value:
+        value = [v for v in value.split(",") if v.strip()]
+    count = len(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        devices = key.endswith("devices")
+        what = "the GPUs (ranks) per node" if devices else "the number of nodes"
+        why = " (Lightning's 'all of them' means nothing before a job reaches its node)" if devices else ""
+        raise SplitinvError(
+            f"hydra/launcher=slurm needs {what} as a number >= 1, but {key} is {value!r}{why}: set {key}=N."
+        )
+    if accelerator is not None and str(accelerator).lower() == "cpu":
+        return 0
+    return count
+
+
+OmegaConf.register_new_resolver("splitinv.slurm_count", slurm_count, replace=True)
 
 
 def instantiate(node: Any, **kwargs: Any) -> Any:

@@ -78,6 +78,9 @@ def _tracer_kwargs(model: nn.Module) -> dict[str, Any]:
     # modules, so a model without one does not import timm (about 1.5 CPU-s of a small job)
     if any(type(m).__module__.startswith("timm.") for m in model.modules()):
         try:
+            from splitinv.imports import timm_without_wandb
+
+            timm_without_wandb()  # timm without W&B (splitinv.imports)
             from timm.layers import get_notrace_functions, get_notrace_modules
 
             leaves, functions = list(get_notrace_modules()), list(get_notrace_functions())

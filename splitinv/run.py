@@ -46,10 +46,12 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig) -> dict[str, Any] | None:
     """Build the victim, split it, fit the attack, reconstruct the evaluation set, score it, write results.
 
-    Returns the record written to ``metrics.json`` in ``cfg.paths.output_dir``.
+    Returns the record written to ``metrics.json`` in ``cfg.paths.output_dir``. Under DDP every rank trains
+    (and attacks its share of the images, per-image attacks); evaluation, utility, baselines and writing run
+    on global rank zero only, and the other ranks return None.
     """
     start = time.perf_counter()
     out_dir = Path(cfg.paths.output_dir)
@@ -112,23 +114,29 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         train_stats = attack.fit(context) or {}
         victim.to(device)
         datamodule.setup("predict")
+        eval_start = time.perf_counter()
+        sharded = _attack_on_every_rank(the_split, attack, datamodule, trainer, out_dir)
+        if not trainer.is_global_zero:  # DDP: training (and sharded attacks) on every rank, the rest once
+            return None
         n_eval = len(datamodule.eval_dataset())
         n_sheet = sheets.sheet_images(cfg.get("sheets", 16), n_eval)
         fmt = str(cfg.get("save_reconstructions", "none") or "none")
         writer = None if fmt == "none" else results.ReconstructionWriter(out_dir, fmt, n_eval)
-        eval_start = time.perf_counter()
         ev = evaluate(
             the_split,
             attack,
             datamodule.predict_dataloader(),
             device=device,
             lpips=cfg.lpips,
-            trainer=trainer,
+            trainer=trainer if sharded is None else None,  # sharded: every image is in reconstructions/
             reconstructions_dir=out_dir / "reconstructions" if attack.per_image else None,
             evaluator=_evaluator(cfg, victim, device),
             keep=n_sheet,  # the first n_sheet evaluation images go on the sheets; the rest are let go
             sink=writer.add if writer is not None else None,
         )
+        if sharded is not None:  # what the ranks attacked, not what rank zero then loaded
+            ev.attacked, ev.seconds = sharded
+            ev.extra.update(attacked=sharded[0], skipped=ev.images - sharded[0])
         utility = measure_utility(the_split, datamodule.predict_dataloader(), device)
         utility_test = _utility_on_held_out(cfg, the_split, datamodule, victim, inputs, device)
         baselines = _baselines(cfg, datamodule, aux_datamodule, attack, ev, device)
@@ -157,6 +165,32 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             writer.discard()  # moved into the run folder by now, or a failed run's partial file
         results.finish_logger(logger)  # each job (and each call from Python) gets its own W&B run
     return record
+
+
+def _attack_on_every_rank(
+    the_split: Split, attack: Attack, datamodule: Any, trainer: L.Trainer, out_dir: Path
+) -> tuple[int, float] | None:
+    """DDP with a per-image attack: every rank attacks its share of the evaluation images
+    (``trainer.predict``) into the run folder's ``reconstructions/``, then waits for the others. Returns
+    (images attacked by all ranks, seconds); None with one process or a batch attack (rank zero does all)."""
+    if trainer.world_size < 2 or not attack.per_image:
+        return None
+    from splitinv.evaluate import ReconstructionStore, reconstruct
+
+    start = time.perf_counter()
+    _, _, attacked = reconstruct(
+        the_split,
+        attack,
+        datamodule.predict_dataloader(),
+        trainer=trainer,
+        store=ReconstructionStore(out_dir / "reconstructions"),
+        device=trainer.strategy.root_device,
+        progress=trainer.is_global_zero,
+    )
+    total = trainer.strategy.reduce(
+        torch.tensor(float(attacked), device=trainer.strategy.root_device), reduce_op="sum"
+    )
+    return int(total.item()), time.perf_counter() - start
 
 
 def _evaluator(cfg: DictConfig, victim: Any, device: torch.device) -> Any:

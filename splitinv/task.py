@@ -78,6 +78,19 @@ class WandbRuns:
         return f"W&B: offline run{'s' if n > 1 else ''} saved ({where}); upload with `wandb sync DIR`"
 
 
+def global_rank() -> int:
+    """This process's rank in a distributed job (0 alone): Lightning's once it has set it (its strategy does
+    at launch), else the launcher's environment (``RANK``, or SLURM's ``SLURM_PROCID``)."""
+    rank_zero = sys.modules.get("lightning.fabric.utilities.rank_zero")
+    rank = getattr(getattr(rank_zero, "rank_zero_only", None), "rank", None)
+    if rank is not None:
+        return int(rank)
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
 def _finish_wandb(cfg: DictConfig, since: float) -> None:
     from splitinv import results
 
@@ -133,7 +146,7 @@ def check_overrides(args: Sequence[str]) -> None:
     (``data.root=/my dir``), and a run or sweep folder that cannot be created."""
     previous = ""
     for arg in args:
-        if previous in _FLAGS_WITH_VALUE or arg.startswith("-") or "=" in arg:
+        if previous in _FLAGS_WITH_VALUE or arg.startswith(("-", "~")) or "=" in arg:  # ~key: delete key
             previous = arg
             continue
         if "=" in previous and not previous.startswith("-"):
@@ -157,6 +170,42 @@ def _check_creatable(path: Path, key: str) -> None:
         raise SplitinvError(f"{key}={path}: {probe} is a file, not a folder: choose another {key}.")
     if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         raise SplitinvError(f"{key}={path}: {probe} is not writable: choose a writable {key}.")
+
+
+def check_launcher(config_name: str, args: Sequence[str]) -> None:
+    """``hydra/launcher=slurm``: resolve its counts now (one job of the sweep, each swept key at its first
+    value), so a count SLURM cannot take (``trainer.devices=-1``) is a one-line error, not Hydra's traceback
+    from inside the launcher."""
+    if not any(a.lstrip("+").startswith("hydra/launcher=slurm") for a in args):
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    from splitinv.config import compose
+
+    overrides = [a for a, before in zip(args, ["", *args], strict=False) if not a.startswith("-")
+                 and before not in _FLAGS_WITH_VALUE]  # fmt: skip
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # a malformed override: Hydra itself reports it
+        return
+    single = []
+    for override in parsed:
+        line = override.input_line or ""
+        if override.is_sweep_override():
+            line = f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"
+        single.append(line)
+    cfg = compose(single, config_name=config_name, return_hydra_config=True)
+    try:
+        OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    except InterpolationResolutionError as err:
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, SplitinvError):  # OmegaConf drops __cause__
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise SplitinvError(str(cause)) from None
+        raise
 
 
 class SweepStatus:
@@ -208,7 +257,7 @@ def hydra_command(
     def _hydra_main(cfg: DictConfig) -> None:
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
         record = run_task(command, task, cfg, multirun)
-        if record is not None:
+        if record is not None and global_rank() == 0:  # one summary per job, not one per DDP rank
             print(summary(record, cfg), flush=True)
 
     def main(argv: Sequence[str] | None = None) -> None:
@@ -216,6 +265,7 @@ def hydra_command(
         try:
             check_overrides(args)
             check_group_choices(args)
+            check_launcher(config_name, args)
             if prepare_argv is not None:
                 args = prepare_argv(args)
         except SplitinvError as err:

@@ -6,7 +6,8 @@ precision setting (``auto``: bf16 where the hardware has it) and the trainer fac
   :data:`CHECK_EVERY` steps and at the end of each epoch, as the optimisation attacks do
   (``attack.check_every``). A NaN is still caught, named by the step where it appeared, in one line.
 - :func:`resolve_precision`: ``auto`` is ``bf16-mixed`` on a CUDA GPU with bf16 and on a CPU with AMX tiles,
-  ``32-true`` elsewhere; any other value is Lightning's own.
+  ``32-true`` elsewhere; any other value is Lightning's own (an explicit bf16 on a CPU without AMX warns:
+  :func:`warn_slow_precision`).
 - :func:`build_trainer`: ``conf/trainer/*.yaml``'s target, a Lightning Trainer with the precision resolved
   and, when asked, ``channels_last`` weights and ``torch.compile``\\ d networks (:class:`Speed`); its
   progress is tqdm's bar on a terminal and log lines elsewhere (:mod:`splitinv.progress`), and Lightning's
@@ -225,12 +226,50 @@ def resolve_precision(precision: Any, accelerator: Any = "auto") -> str | int:
     """
     if precision is not None and str(precision) != "auto":
         return precision
-    kind = str(accelerator).lower() if isinstance(accelerator, str) else type(accelerator).__name__.lower()
-    if kind in ("gpu", "cuda") or "cuda" in kind or (kind == "auto" and torch.cuda.is_available()):
+    device = _device_kind(accelerator)
+    if device == "cuda":
         return BF16 if cuda_has_bf16() else FP32
-    if kind == "cpu" or "cpu" in kind or kind == "auto":
+    if device == "cpu":
         return BF16 if cpu_has_amx() else FP32
     return FP32  # mps, tpu, ...: full precision
+
+
+def _device_kind(accelerator: Any) -> str:
+    """``cuda``, ``cpu`` or ``other``: where a trainer with ``accelerator`` runs (``auto``: CUDA if any)."""
+    kind = str(accelerator).lower() if isinstance(accelerator, str) else type(accelerator).__name__.lower()
+    if kind in ("gpu", "cuda") or "cuda" in kind or (kind == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    if kind == "cpu" or "cpu" in kind or kind == "auto":
+        return "cpu"
+    return "other"
+
+
+def cpu_has_avx512_bf16() -> bool:
+    """Whether this CPU has AVX512-BF16 instructions (bf16 dot products, without AMX's matrix units)."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:  # pragma: no cover
+        return False
+
+
+def warn_slow_precision(precision: Any, accelerator: Any = "auto") -> None:
+    """One warning when a bf16 precision was asked for explicitly (``bf16-mixed``, ``bf16-true``) and runs on
+    a CPU without native bf16, decided as ``auto`` decides it (:func:`cpu_has_amx`). Measured: bf16 autocast
+    was about 14x slower than fp32 on an AVX2-only CPU (pitfalls.md), and from 1.5x slower to 1.55x faster on
+    AMD EPYCs with AVX512-BF16 but no AMX (README, "Precision and speed")."""
+    if "bf16" not in str(precision).lower() or _device_kind(accelerator) != "cpu" or cpu_has_amx():
+        return
+    if cpu_has_avx512_bf16():
+        cost = "from 1.5x slower to 1.5x faster than fp32 on such CPUs (AVX512-BF16 without AMX tiles)"
+    else:
+        cost = "about 14x slower than fp32 there (no bf16 instructions)"
+    warnings.warn(
+        f"trainer.precision={precision} on a CPU without native bf16 (no AMX tiles) runs {cost}: use "
+        "trainer.precision=auto (bf16 only where the hardware has it) or 32-true.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- trainer
@@ -366,4 +405,5 @@ def build_trainer(
     if channels_last or compile:
         extra.append(Speed(channels_last=channels_last, compile=compile))
     resolved = resolve_precision(precision, kwargs.get("accelerator", "auto"))
+    warn_slow_precision(resolved, kwargs.get("accelerator", "auto"))
     return L.Trainer(precision=resolved, callbacks=extra or None, **kwargs)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from splitinv.errors import SplitinvError
+from splitinv.imports import timm_without_wandb
 from splitinv.io import load_weights
 from splitinv.registry import Registry, import_target
 
@@ -127,15 +128,12 @@ def torchvision_names() -> list[str]:
 
 def available_victims() -> list[str]:
     """Every name :func:`build_victim` accepts (torchvision's classifiers, timm's models, registered ones)."""
-    import timm
-
+    timm = timm_without_wandb()
     return sorted(set(torchvision_names()) | set(timm.list_models()) | set(VICTIMS.names()))
 
 
 def _timm() -> Any:
-    import timm
-
-    return timm
+    return timm_without_wandb()  # without W&B (splitinv.imports)
 
 
 def _resolve_family(name: str) -> tuple[str, str]:
@@ -223,8 +221,7 @@ def _torchvision_imagenet(
 def _timm_imagenet(
     name: str, num_classes: int | None, kwargs: dict, added: str | None = None
 ) -> tuple[nn.Module, dict]:
-    import timm
-
+    timm = timm_without_wandb()
     if num_classes is not None:
         kwargs = {**kwargs, "num_classes": num_classes}
     try:
@@ -263,8 +260,7 @@ def _build_random(
         import torchvision
 
         return _construct(lambda **kw: torchvision.models.get_model(name, weights=None, **kw), kwargs, added)
-    import timm
-
+    timm = timm_without_wandb()
     return _construct(lambda **kw: timm.create_model(name, pretrained=False, **kw), kwargs, added)
 
 

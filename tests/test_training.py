@@ -241,6 +241,53 @@ def test_the_trainer_config_resolves_auto_and_keeps_fp32_one_switch_away(
     assert instantiate(fp32.trainer, logger=False).precision == "32-true"
 
 
+def _precision_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if "without native bf16" in str(w.message)]
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_explicit_bf16_on_a_cpu_without_native_bf16_warns_once(
+    monkeypatch: pytest.MonkeyPatch, precision: str
+) -> None:
+    cfg = compose(["trainer.accelerator=cpu", f"trainer.precision={precision}"], output_dir="out")
+    monkeypatch.setattr(training, "cpu_has_amx", lambda: False)  # what `auto` reads
+    monkeypatch.setattr(training, "cpu_has_avx512_bf16", lambda: False)  # an AVX2-only CPU
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert instantiate(cfg.trainer, logger=False).precision == precision  # still what was asked
+    [message] = _precision_warnings(caught)
+    assert f"trainer.precision={precision}" in message and "about 14x slower" in message
+    assert "trainer.precision=auto" in message and "32-true" in message and "\n" not in message
+    monkeypatch.setattr(training, "cpu_has_avx512_bf16", lambda: True)  # bf16 dot products, no AMX
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        instantiate(cfg.trainer, logger=False)
+    [message] = _precision_warnings(caught)
+    assert "1.5x slower" in message and "14x" not in message and "trainer.precision=auto" in message
+    monkeypatch.setattr(training, "cpu_has_amx", lambda: True)  # an AMX CPU: bf16 is native, no warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        instantiate(cfg.trainer, logger=False)
+    assert _precision_warnings(caught) == []
+
+
+def test_no_precision_warning_where_bf16_is_not_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(training, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for overrides in (["trainer.precision=32-true"], []):  # fp32 asked, and auto (which picks fp32 here)
+            cfg = compose(["trainer.accelerator=cpu", *overrides], output_dir="out")
+            assert instantiate(cfg.trainer, logger=False).precision == "32-true"
+        training.warn_slow_precision("bf16-mixed", "gpu")  # a GPU: Lightning's own checks apply
+        training.warn_slow_precision("16-mixed", "cpu")
+    assert _precision_warnings(caught) == []
+    with warnings.catch_warnings(record=True) as caught:  # accelerator=auto without CUDA runs on the CPU
+        warnings.simplefilter("always")
+        training.warn_slow_precision("bf16-mixed", "auto")
+    assert len(_precision_warnings(caught)) == 1
+
+
 def test_channels_last_and_compile_are_applied_while_fitting_and_undone(tmp_path: Path) -> None:
     seen: dict[str, Any] = {}
 
