@@ -381,13 +381,13 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
-def sweep_rows(sweep_dir: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
+def sweep_rows(sweep_dir: str | Path, *, trust_edited: bool = False) -> tuple[pd.DataFrame, dict[str, int]]:
     """The finished runs below ``sweep_dir`` (report.collect's rows) with what the advisor needs besides:
     defense label and config, utility, image size and classes; and the count of runs per status."""
     from splitinv.report import collect
 
     root = Path(sweep_dir)
-    frame = collect(root)
+    frame = collect(root, trust_edited=trust_edited)
     counts = frame["status"].value_counts().to_dict()
     ok = frame[frame["status"] == "ok"].copy()
     extra = []
@@ -672,13 +672,15 @@ def advise(
     warmup: int = 3,
     method: str = "auto",
     attacked_only: bool = False,
+    trust_edited: bool = False,
 ) -> pd.DataFrame:
     """The advisor's table: one row per cut point (x defense a sweep ran there), see the module doc.
 
     ``sweep``: a folder written by ``splitinv-run -m`` (its finished runs give leakage and utility; its
     victim, image size and classes are used when ``victim`` / ``image_size`` are not given; a different
     victim or size is refused). ``victim``: a name or a built Victim; without a sweep every row is "not
-    attacked". ``cuts``: all (default), stages, every:K, or names / specs. ``table.attrs`` holds the
+    attacked". ``cuts``: all (default), stages, every:K, or names / specs. ``trust_edited``: read edited
+    metrics.json files (else they are left out, warned about). ``table.attrs`` holds the
     victim, image size, machine, profile, wire precision, utility metric and the attack count that flags.
     """
     if wire not in WIRE_BYTES:
@@ -690,7 +692,7 @@ def advise(
     name = victim if isinstance(victim, str) else getattr(victim, "name", None)
     if sweep is not None:
         sweep = Path(sweep)
-        rows, counts = sweep_rows(sweep)
+        rows, counts = sweep_rows(sweep, trust_edited=trust_edited)
         if rows.empty:
             detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"
             raise SplitinvError(

@@ -22,7 +22,7 @@ from splitinv.baselines import NAMES as BASELINE_NAMES
 from splitinv.baselines import SCORED as BASELINE_METRICS
 from splitinv.errors import SplitinvError
 from splitinv.metrics import DIRECTION
-from splitinv.results import FAILED_FILE, METRICS_FILE
+from splitinv.results import FAILED_FILE, METRICS_FILE, edited
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,11 @@ def _read_json(path: Path) -> tuple[Any, str | None]:
         return None, why
 
 
-def collect(sweep_dir: str | Path) -> pd.DataFrame:
-    """One row per job below ``sweep_dir``: :data:`KEYS`, status, cut depth, metric means and stds."""
+def collect(sweep_dir: str | Path, *, trust_edited: bool = False) -> pd.DataFrame:
+    """One row per job below ``sweep_dir``: :data:`KEYS`, status, cut depth, metric means and stds.
+
+    A metrics.json whose digest does not match (edited by hand, :func:`splitinv.results.edited`) is a row
+    with status ``edited`` and no numbers, warned about in one line, unless ``trust_edited``."""
     root = Path(sweep_dir)
     if not root.is_dir():
         raise SplitinvError(f"{root} is not a folder: pass a run or sweep folder written by splitinv-run.")
@@ -145,6 +148,13 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
         if not isinstance(rec, dict) or not str(rec.get("format", "")).startswith("splitinv-results"):
             continue
         seen.add(path.parent)
+        if not trust_edited and (why := edited(path)):
+            log.warning("%s", why)
+            row = {k: rec.get(k) for k in KEYS}  # where it belongs; none of its numbers
+            row.update(_defense_keys(rec))
+            row.update(status="edited", job=str(path.parent.relative_to(root)), error=why)
+            rows.append(row)
+            continue
         row = {k: rec.get(k) for k in KEYS}
         row.update(_defense_keys(rec))
         cut_info = (rec.get("details") or {}).get("cut") or {}
@@ -184,17 +194,33 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def require_finished(frame: pd.DataFrame, sweep_dir: str | Path) -> pd.DataFrame:
+    """``frame`` (from :func:`collect`) when at least one job finished, else a one-line error that counts
+    the jobs by status and quotes the first one's problem."""
+    if (frame["status"] == "ok").any():
+        return frame
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(frame["status"].value_counts().items()))
+    errors = [e for e in frame.get("error", pd.Series(dtype=object)).tolist() if isinstance(e, str) and e]
+    if errors:  # the first job's own line says what to do
+        raise SplitinvError(f"no finished results below {sweep_dir} ({counts}); first: {errors[0]}")
+    raise SplitinvError(
+        f"no finished results below {sweep_dir} ({counts}): rerun those jobs, then this command."
+    )
+
+
 def published(name: str, frame: pd.DataFrame | None = None) -> pd.DataFrame:
     """A paper's published numbers (``splitinv/assets/published/<name>.yaml``) as rows with preset
     ``paper``, appended to ``frame`` where given: only the (victim, cut) pairs ``frame`` holds, so a table
     shows the paper beside the runs that reproduce it."""
     import importlib.resources
 
-    resource = importlib.resources.files("splitinv").joinpath(f"assets/published/{name}.yaml")
-    if not resource.is_file():
-        folder = importlib.resources.files("splitinv").joinpath("assets/published")
-        known = sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
-        raise SplitinvError(f"no published numbers named {name!r}: use one of {', '.join(known)}.")
+    folder = importlib.resources.files("splitinv").joinpath("assets/published")
+    known = sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    if name not in known:  # a name, never a path: --published ../../x must not read another file
+        raise SplitinvError(
+            f"no published numbers named {name!r}: use --published with one of {', '.join(known)}."
+        )
+    resource = folder.joinpath(f"{name}.yaml")
     rows = []
     for entry in (yaml.safe_load(resource.read_text()) or {}).get("rows", []):
         row: dict[str, Any] = {k: None for k in KEYS}
