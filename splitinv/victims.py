@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "splitinv-victim/1"
+# what build_victim reads from a splitinv victim checkpoint
+CHECKPOINT_KEYS = ("name", "state_dict", "num_classes", "image_size", "mean", "std")
 OWN_WEIGHTS = "own"  # what a wrapped module's weights are recorded as when no weights file is given
 # the constructor argument that sizes a model for its input, per library (position embeddings depend on it)
 _SIZE_KEYS = {"torchvision": "image_size", "timm": "img_size"}
@@ -292,6 +294,12 @@ def _read_weights(path: Path, name: str) -> tuple[Mapping[str, Any], dict[str, A
     ``name``), a dict with a ``state_dict`` entry, or a plain state_dict (no checkpoint for these two)."""
     obj = _load_file(path)
     if obj.get("format") == CHECKPOINT_FORMAT:
+        lacking = [k for k in CHECKPOINT_KEYS if k not in obj]
+        if lacking:
+            raise SplitinvError(
+                f"checkpoint {path} is a {CHECKPOINT_FORMAT} file without {', '.join(lacking)}: edited "
+                "or written by hand; save victims with splitinv.train_victim.save_victim (or retrain it)."
+            )
         if obj["name"] != name:
             raise SplitinvError(
                 f"checkpoint {path} holds a {obj['name']} victim, not {name}: set victim.name={obj['name']}"
@@ -335,6 +343,8 @@ def build_victim(
         image_size: the side of the square input images (default: the weights' resolution, or 224).
         model_kwargs: passed to the model constructor (e.g. ``image_size`` for torchvision ViTs).
     """
+    check_positive("victim.image_size", image_size)
+    check_positive("victim.num_classes", num_classes)
     if str(name) in VICTIMS:
         return VICTIMS[str(name)](weights, num_classes=num_classes, image_size=image_size, **model_kwargs)
     family, name = _resolve_family(str(name))
@@ -366,6 +376,7 @@ def build_victim(
         path = Path(weights).expanduser()
         state, checkpoint = _read_weights(path, name)
         if checkpoint is not None:
+            check_recorded_size(path, checkpoint, image_size)
             num_classes = num_classes or checkpoint["num_classes"]
             mean, std = tuple(checkpoint["mean"]), tuple(checkpoint["std"])
             default_size = checkpoint["image_size"]
@@ -389,6 +400,27 @@ def build_victim(
         std=std,
     )
     return victim.eval()
+
+
+def check_positive(setting: str, value: Any) -> None:
+    """One line for a size or count that is not a positive integer (None: the default, allowed)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SplitinvError(
+            f"{setting}={value!r}: give a positive integer (or leave it out for the default)."
+        )
+
+
+def check_recorded_size(path: Path, checkpoint: Mapping[str, Any], image_size: int | None) -> None:
+    """A checkpoint trained at one image size, run at another, computes something else (a 32-px network at
+    64 px loses most of its accuracy, silently): refused in one line, before any work."""
+    recorded = checkpoint.get("image_size")
+    if image_size is not None and recorded is not None and int(recorded) != int(image_size):
+        raise SplitinvError(
+            f"checkpoint {path} was trained at {recorded} px, the run asks {image_size} px: set "
+            f"victim.image_size={recorded} (or train a victim at {image_size} px)."
+        )
 
 
 def check_image_size(victim: nn.Module, image_size: int, channels: int = 3) -> None:
@@ -541,6 +573,8 @@ def _wrap(
     """wrap_module, with the weights file already read (``read``: what _read_weights returned, or None)."""
     if isinstance(module, Victim):
         raise SplitinvError(f"{module.name} is already a Victim: pass its network (victim.model) instead.")
+    if read is not None and read[1] is not None and isinstance(image_size, int):
+        check_recorded_size(Path(weights).expanduser(), read[1], image_size)
     if not isinstance(module, nn.Module):
         raise SplitinvError(f"wrap_module takes an nn.Module, got a {type(module).__name__}.")
     if not isinstance(name, str) or not name:

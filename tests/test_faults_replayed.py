@@ -1,0 +1,298 @@
+"""The silent, raw and vague cases an outside replay found (issue #25): edited results, training that saves
+garbage, checkpoints that do not fit the run, and bad inputs that ended in a traceback or a misleading line.
+Each must end in one line that names what was wrong and which setting to change (exit 2 from a command), and
+leave every finished result as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from splitinv import cli
+from splitinv.config import compose
+from splitinv.errors import SplitinvError
+from splitinv.gans.registry import build_generator
+from splitinv.io import CHECKSUM_KEY, save_atomic
+from splitinv.results import digest_path
+from splitinv.run import run
+from splitinv.task import run_task
+from splitinv.train_victim import train_victim
+from splitinv.victims import build_victim
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:victim .* has RANDOM weights:UserWarning"),
+]
+
+TINY_RUN = [
+    "victim=resnet10t",
+    "victim.image_size=32",
+    "cut=layer1",
+    "data=fashion_mnist_mini",
+    "data.n_aux=32",
+    "data.n_eval=4",
+    "data.batch_size=16",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "logger=csv",
+    "baselines=false",
+    "utility_test=false",
+]
+TINY_TRAIN = [
+    "recipe=he2019_mnist",
+    "data.n_aux=64",
+    "data.n_eval=64",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "logger=csv",
+]
+ASSET = Path(__file__).parent / "assets" / "dcgan_fashion_mnist_32.pt"
+
+
+def _error_line(capsys: pytest.CaptureFixture, command: str) -> str:
+    """The command's stderr: exactly one error line (warnings from logging aside)."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"{command}: error:")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def _exits_2(call, capsys: pytest.CaptureFixture, command: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        call()
+    assert exit_info.value.code == 2
+    return _error_line(capsys, command)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------------- results that were edited
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished job (a real run, so its metrics.json and digest are splitinv's own) in sweep/0."""
+    root = tmp_path_factory.mktemp("replayed") / "sweep"
+    cfg = compose(TINY_RUN, output_dir=root / "0")
+    run_task("splitinv-run", run, cfg, multirun=False)
+    assert digest_path(root / "0" / "metrics.json").is_file()
+    return root
+
+
+def _edited_copy(sweep: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    path = copy / "0" / "metrics.json"
+    record = json.loads(path.read_text())
+    assert record["ssim"]["mean"] < 0.9
+    record["ssim"]["mean"] = 0.999
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return copy
+
+
+def test_an_edited_metrics_json_is_caught_by_table_advise_and_a_rerun(
+    finished_sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    original = json.loads((finished_sweep / "0" / "metrics.json").read_text())["ssim"]["mean"]
+    sweep = _edited_copy(finished_sweep, tmp_path)
+    shutil.copytree(finished_sweep / "0", sweep / "1")  # a second, untouched job of the same config
+    before = _snapshot(sweep)
+    capsys.readouterr()
+    # table: the job is shown as edited, its number left out, one warning line naming the file
+    with caplog.at_level(logging.WARNING, logger="splitinv.report"):
+        cli.main(["table", str(sweep), "--metrics", "ssim", "--cols", "none"])
+    out = capsys.readouterr().out
+    assert f"| {original:.3f} (edited) |" in out and "0.999" not in out
+    warned = [r.getMessage() for r in caplog.records if "metrics.json" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0]
+    assert f"{sweep / '0' / 'metrics.json'} was changed after splitinv wrote it" in warned[0]
+    assert "--trust-edited" in warned[0]
+    # a deliberate edit, accepted
+    cli.main(["table", str(sweep), "--metrics", "ssim", "--cols", "none", "--trust-edited"])
+    assert f"| {(0.999 + original) / 2:.3f} ± " in capsys.readouterr().out  # both jobs, the edit included
+    # advise: no finished run left to advise on once the untouched job is gone
+    shutil.rmtree(sweep / "1")
+    before = _snapshot(sweep)
+    line = _exits_2(
+        lambda: cli.main(
+            ["advise", str(sweep), "--latency-runs", "1", "--warmup", "0", "-o", str(tmp_path / "a")]
+        ),
+        capsys,
+        "splitinv",
+    )
+    assert f"no finished runs below {sweep} (1 edited)" in line
+    # the rerun refuses to reuse it, and leaves it alone (no failed.json either)
+    cfg = compose(TINY_RUN, output_dir=sweep / "0")
+    line = _exits_2(lambda: run_task("splitinv-run", run, cfg, multirun=False), capsys, "splitinv-run")
+    assert "was changed after splitinv wrote it" in line and "overwrite=true" in line
+    assert _snapshot(sweep) == before
+
+
+def test_a_deleted_digest_counts_as_an_edit(finished_sweep: Path, tmp_path: Path, capsys) -> None:
+    sweep = tmp_path / "sweep"
+    shutil.copytree(finished_sweep, sweep)
+    digest_path(sweep / "0" / "metrics.json").unlink()
+    before = _snapshot(sweep)
+    cfg = compose(TINY_RUN, output_dir=sweep / "0")
+    line = _exits_2(lambda: run_task("splitinv-run", run, cfg, multirun=False), capsys, "splitinv-run")
+    assert "has no readable digest (metrics.json.sha256)" in line
+    assert _snapshot(sweep) == before
+
+
+def test_an_untouched_result_is_still_reused(finished_sweep: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    shutil.copytree(finished_sweep, sweep)
+    before = _snapshot(sweep)
+    record = run(compose(TINY_RUN, output_dir=sweep / "0"))
+    assert record == json.loads((sweep / "0" / "metrics.json").read_text())
+    assert _snapshot(sweep) == before
+
+
+# ------------------------------------------------------------------------------------- raw tracebacks before
+
+
+def test_table_and_plot_with_every_job_broken_are_one_line(tmp_path: Path, capsys) -> None:
+    for name, content in (("0", '{"form'), ("1", "")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(content)
+    for command in (["table", str(tmp_path)], ["plot", str(tmp_path), "-o", str(tmp_path / "figs")]):
+        line = _exits_2(lambda c=command: cli.main(c), capsys, "splitinv")
+        assert (
+            f"no finished results below {tmp_path} (2 broken); first: {tmp_path / '0' / 'metrics.json'}"
+            in line
+        )
+    assert not (tmp_path / "figs").exists()
+
+
+def test_published_takes_a_name_not_a_path(finished_sweep: Path, capsys) -> None:
+    line = _exits_2(
+        lambda: cli.main(["table", str(finished_sweep), "--published", "../../x"]), capsys, "splitinv"
+    )
+    assert "no published numbers named '../../x': use --published with one of he2019" in line
+
+
+def test_a_victim_checkpoint_without_num_classes_is_one_line(tmp_path: Path, capsys) -> None:
+    checkpoint = build_victim("resnet10t", image_size=32, num_classes=4).checkpoint()
+    del checkpoint["num_classes"]
+    save_atomic(checkpoint, tmp_path / "v.pt")
+    cfg = compose([*TINY_RUN, f"victim.weights={tmp_path / 'v.pt'}"], output_dir=tmp_path / "out")
+    line = _exits_2(lambda: run_task("splitinv-run", run, cfg, multirun=False), capsys, "splitinv-run")
+    assert f"checkpoint {tmp_path / 'v.pt'} is a splitinv-victim/1 file without num_classes" in line
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+# ------------------------------------------------------------------------------ training that saved garbage
+
+
+def test_train_victim_refuses_a_diverged_network(tmp_path: Path, capsys) -> None:
+    # the issue's case: a ResNet whose training loss stayed finite at its checks, validated NaN, saved anyway
+    overrides = [
+        "victim.image_size=32",
+        "data.n_aux=64",
+        "data.n_eval=64",
+        "trainer.max_epochs=1",
+        "optim.lr=1e8",
+    ]
+    cfg = compose(
+        [*overrides, "trainer.enable_progress_bar=false"], output_dir=tmp_path, config_name="train_victim"
+    )
+    line = _exits_2(
+        lambda: run_task("splitinv-train-victim", train_victim, cfg, False), capsys, "splitinv-train-victim"
+    )
+    assert (
+        "victim training diverged: validation loss nan" in line and "lower optim.lr (now 100000000.0)" in line
+    )
+    assert "nothing was saved" in line and not list(tmp_path.rglob("*.pt"))
+
+
+def test_train_victim_refuses_chance_accuracy_unless_allowed(tmp_path: Path, capsys) -> None:
+    overrides = [*TINY_TRAIN, "optim.lr=1e-9", f"checkpoint={tmp_path / 'v.pt'}"]
+    cfg = compose(overrides, output_dir=tmp_path / "run", config_name="train_victim")
+    line = _exits_2(
+        lambda: run_task("splitinv-train-victim", train_victim, cfg, False), capsys, "splitinv-train-victim"
+    )
+    assert "victim training ended at chance accuracy" in line and "chance 0.1000 for 10 classes" in line
+    assert "allow_chance=true" in line and not (tmp_path / "v.pt").exists()
+    cfg = compose([*overrides, "allow_chance=true"], output_dir=tmp_path / "run2", config_name="train_victim")
+    result = train_victim(cfg)
+    assert result["val_acc"] < 0.2 and (tmp_path / "v.pt").is_file()
+
+
+# ----------------------------------------------------------------------- weights without splitinv's checksums
+
+
+def test_a_generator_weight_far_out_of_range_is_refused_naming_it(tmp_path: Path) -> None:
+    gan = torch.load(ASSET, weights_only=True)
+    del gan[CHECKSUM_KEY]
+    build_generator("dcgan", weights=ASSET)  # the intact file loads
+    gan["generator"]["net.block2.0.weight"].view(-1)[7] = 1.69e36  # what 64 random bytes did
+    torch.save(gan, tmp_path / "g.pt")
+    with pytest.warns(UserWarning, match="without splitinv's checksums"):
+        with pytest.raises(SplitinvError) as err:
+            build_generator("dcgan", weights=tmp_path / "g.pt")
+    message = str(err.value)
+    assert "\n" not in message and str(tmp_path / "g.pt") in message
+    assert "tensor generator.net.block2.0.weight holds a value of magnitude 1.69e+36" in message
+    # an outlier below the absolute limit, a million times the tensor's typical weight
+    gan["generator"]["net.block2.0.weight"].view(-1)[7] = 5e4
+    torch.save(gan, tmp_path / "g2.pt")
+    with pytest.warns(UserWarning), pytest.raises(SplitinvError, match=r"net.block2.0.weight holds .* times"):
+        build_generator("dcgan", weights=tmp_path / "g2.pt")
+
+
+def test_a_victim_file_whose_checksums_were_removed_is_warned_about(tmp_path: Path) -> None:
+    victim = build_victim("resnet10t", image_size=32, num_classes=4)
+    checkpoint = victim.checkpoint()
+    save_atomic(checkpoint, tmp_path / "v.pt")
+    stripped = torch.load(tmp_path / "v.pt", weights_only=True)
+    del stripped[CHECKSUM_KEY]
+    torch.save(stripped, tmp_path / "v.pt")
+    with pytest.warns(
+        UserWarning, match=rf"{tmp_path / 'v.pt'} is a splitinv-victim/1 file without splitinv's"
+    ):
+        build_victim("resnet10t", weights=tmp_path / "v.pt")
+
+
+# -------------------------------------------------------------- checkpoints recorded at another image size
+
+
+def test_a_checkpoint_is_refused_at_another_image_size_before_any_work(tmp_path: Path, capsys) -> None:
+    from splitinv.defenses import GaussianNoise
+    from splitinv.defenses.checkpoint import defense_record
+
+    victim = build_victim("resnet10t", image_size=32, num_classes=4)
+    save_atomic(victim.checkpoint(), tmp_path / "v.pt")
+    record = {**victim.checkpoint(), **defense_record(GaussianNoise(scale=0.1), "layer1", [32, 8, 8])}
+    save_atomic(record, tmp_path / "defended.pt")  # what splitinv-train-defense writes, trained at 32 px
+    for weights in ("v.pt", "defended.pt"):
+        overrides = [*TINY_RUN, f"victim.weights={tmp_path / weights}", "victim.image_size=64"]
+        cfg = compose(overrides, output_dir=tmp_path / f"out-{weights}")
+        line = _exits_2(
+            lambda c=cfg: run_task("splitinv-run", run, c, multirun=False), capsys, "splitinv-run"
+        )
+        assert f"checkpoint {tmp_path / weights} was trained at 32 px, the run asks 64 px" in line
+        assert "set victim.image_size=32" in line
+        assert not (tmp_path / f"out-{weights}" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("command", [["advise", "resnet18"], ["layers", "resnet18"]])
+@pytest.mark.parametrize("size", ["0", "-3"])
+def test_a_non_positive_image_size_is_refused(command: list[str], size: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*command, "--image-size", size])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"argument --image-size: {size} is not a positive integer" in err
+
+
+def test_build_victim_refuses_a_non_positive_image_size() -> None:
+    with pytest.raises(SplitinvError, match=r"victim.image_size=0: give a positive integer"):
+        build_victim("resnet10t", image_size=0)
