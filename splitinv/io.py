@@ -78,6 +78,8 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     A dict gets its tensors' checksums under :data:`CHECKSUM_KEY` (verified by :func:`load_file`).
     """
     path = Path(path)
+    if path.is_dir():  # os.replace would fail naming the temporary file, not the user's path
+        raise OSError(errno.EISDIR, "Is a directory", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(obj, Mapping):
         obj, digests = _without_checksum(obj), checksums(obj)
@@ -96,6 +98,22 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def check_output_file(setting: str, value: Any) -> None:
+    """Before any work: ``setting=value`` (where a command writes its checkpoint) must name a file, not a
+    folder or a path under a file. None (the default place) passes."""
+    if value is None or not str(value).strip():
+        return
+    path = Path(str(value)).expanduser()
+    if path.is_dir():
+        example = path / "model.pt"
+        raise SplitinvError(f"{setting}={value} is a folder: name a file, e.g. {setting}={example}.")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SplitinvError(f"{setting}={value}: {parent} is a file, not a folder: fix the path.")
+            break
 
 
 def _detail(err: BaseException) -> str:

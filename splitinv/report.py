@@ -478,26 +478,24 @@ def plot_reconstructions(
     several), first seed, each reconstruction's SSIM / PSNR from its job's samples.csv under it, drawn like a
     run's sheets (:func:`splitinv.sheets.draw_sheet`). Writes reconstructions_<...>.png and .pdf into
     ``out_dir``."""
-    from splitinv.results import IMAGES_FILE, load_images
+    from splitinv.results import IMAGES_FILE
     from splitinv.sheets import SheetRow, draw_sheet, save_figure
 
     ok = frame[frame["status"] == "ok"].sort_values(["cut_depth", "seed"], na_position="last")
     keys = _series_keys(ok)
     written: list[Path] = []
+    unreadable: list[str] = []
     for label, group in ok.groupby(keys, sort=True):
         defenses = "defense_setting" in group and group["defense_setting"].nunique() > 1
         by = ["cut", "defense_setting"] if defenses else ["cut"]
         rows: list[SheetRow] = []
         seeds: set[str] = set()
         for key, jobs in group.groupby(by, sort=False):
-            job_dir = Path(sweep_dir) / str(jobs.iloc[0]["job"])
-            if not (job_dir / IMAGES_FILE).is_file():
+            match = rows[0].images if rows else None  # later rows: the same evaluation images
+            found = _first_images(Path(sweep_dir), jobs, unreadable, match, n)  # the first job that reads
+            if found is None:
                 continue
-            try:
-                originals, recon = load_images(job_dir / IMAGES_FILE)
-            except SplitinvError as err:
-                log.warning("%s: left out of the figure", err)
-                continue
+            job_dir, jobs, (originals, recon) = found
             if not rows:
                 rows.append(SheetRow("original", originals[:n]))
             name = ", ".join(str(v) for v in (key if isinstance(key, tuple) else (key,)))
@@ -511,10 +509,41 @@ def plot_reconstructions(
         tag = "_".join(str(v) for v in (label if isinstance(label, tuple) else (label,)))
         written += save_figure(fig, Path(out_dir) / f"reconstructions_{tag}")
     if not written:
+        if unreadable:
+            raise SplitinvError(
+                f"no readable {IMAGES_FILE} in the finished jobs below {sweep_dir} ({len(unreadable)} "
+                f"unreadable, first {unreadable[0]}): rerun those jobs."
+            )
         raise SplitinvError(
             f"no {IMAGES_FILE} in the finished jobs below {sweep_dir}: rerun them with this version."
         )
     return written
+
+
+def _first_images(
+    sweep_dir: Path, jobs: pd.DataFrame, unreadable: list[str], match: Any, n: int
+) -> tuple[Path, pd.DataFrame, tuple[Any, Any]] | None:
+    """(job folder, its rows from ``jobs`` onwards, its images) of the first job in ``jobs`` whose
+    images.pt reads and, where ``match`` is given, holds those first ``n`` originals (a figure's rows
+    share one set of evaluation images). An unreadable file is warned about, added to ``unreadable``, and
+    the next job (seed) tried."""
+    import torch
+
+    from splitinv.results import IMAGES_FILE, load_images
+
+    for i in range(len(jobs)):
+        job_dir = sweep_dir / str(jobs.iloc[i]["job"])
+        if not (job_dir / IMAGES_FILE).is_file():
+            continue
+        try:
+            originals, recon = load_images(job_dir / IMAGES_FILE)
+        except SplitinvError as err:
+            log.warning("%s: left out of the figure", err)
+            unreadable.append(str(job_dir / IMAGES_FILE))
+            continue
+        if match is None or torch.equal(originals[:n], match):
+            return job_dir, jobs.iloc[i:], (originals, recon)
+    return None
 
 
 def plot_privacy_utility(frame: pd.DataFrame, out_dir: str | Path, metric: str = "ssim") -> list[Path]:

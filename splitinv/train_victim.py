@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from splitinv.config import instantiate
 from splitinv.errors import SplitinvError
-from splitinv.io import save_atomic
+from splitinv.io import check_output_file, save_atomic
 from splitinv.task import hydra_command
 from splitinv.training import monitor
 from splitinv.victims import Victim
@@ -136,6 +136,7 @@ def save_victim(victim: Victim, path: str | Path) -> Path:
 
 def train_victim(cfg: DictConfig) -> dict[str, Any]:
     """Train ``cfg.victim`` on ``cfg.data`` (aux split = training set, eval split = validation), save it."""
+    check_output_file("checkpoint", cfg.get("checkpoint"))  # before any training
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
