@@ -725,6 +725,9 @@ def advise(
     else:
         model = _build_victim(str(name), image_size, num_classes)
     from splitinv.cut import describe_cut_points
+    from splitinv.victims import check_input_cost
+
+    check_input_cost(model, int(getattr(model, "image_size", image_size or 224)))  # before any timing
 
     listed = describe_cut_points(model, method=method, with_shapes=False)
     canonical = {n: p.name for p in listed for n in (p.name, *p.aliases)}
@@ -1055,6 +1058,8 @@ def sweep_command(
     """The ``splitinv-run -m`` command line that runs the advisor's sweep into ``sweep_dir``."""
     import importlib.resources
 
+    from splitinv.task import check_grammar, hydra_quote
+
     if not experiment and not attacks:
         raise SplitinvError("--run needs --attacks (e.g. decoder,rmle) or --experiment NAME.")
     if not experiment and not victim:
@@ -1068,7 +1073,7 @@ def sweep_command(
     if image_size:
         args.append(f"victim.image_size={int(image_size)}")
     if weights:
-        args.append(f"victim.weights={weights}")
+        args.append(f"victim.weights={hydra_quote(str(weights))}")
     if cuts is None and not experiment:
         cuts = "stages"
     if isinstance(cuts, str):  # splitinv-run expands cut=@stages / @all / @every:K for the victim
@@ -1081,7 +1086,9 @@ def sweep_command(
     if launcher:
         args.append(f"hydra/launcher={launcher}")
     args += list(overrides)
-    args.append(f"hydra.sweep.dir={Path(sweep_dir).resolve()}")
+    args.append(f"hydra.sweep.dir={hydra_quote(str(Path(sweep_dir).resolve()))}")
+    for arg in args[1:]:  # a bad --set fails here in one line, not in the sweep's log
+        check_grammar(arg)
     script = shutil.which("splitinv-run")
     command = [script] if script else [sys.executable, "-c", "from splitinv.run import main; main()"]
     return [*command, *args]

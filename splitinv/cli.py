@@ -21,11 +21,12 @@ from splitinv.errors import SplitinvError, one_line_warnings, os_error_line
 
 def _layers(args: argparse.Namespace) -> None:
     from splitinv.cut import describe_cut_points
-    from splitinv.victims import build_victim
+    from splitinv.victims import build_victim, check_input_cost
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights are fine for listing shapes
         victim = build_victim(args.name, weights=args.weights, image_size=args.image_size)
+    check_input_cost(victim, victim.image_size)  # a huge --image-size: refused or announced, not silent
     points = describe_cut_points(victim, method=args.method, image_size=victim.image_size)
     table = Table(title=f"{victim.name} cut points ({victim.image_size}x{victim.image_size} input)")
     for column in ("#", "cut point", "output shape", "depth", "also accepted as"):

@@ -67,6 +67,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.lpips == "required":
         metrics.lpips_model("alex", "cpu")  # fail before any training when LPIPS cannot be computed
 
+    _check_evaluator_setting(cfg.get("evaluator"))
     victim = instantiate(cfg.victim)
     datamodule = instantiate(cfg.data)
     check_image_size(victim, datamodule.image_size, datamodule.channels)
@@ -131,6 +132,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         results.finish_logger(logger)  # each job (and each call from Python) gets its own W&B run
     return record
+
+
+def _check_evaluator_setting(node: Any) -> None:
+    """``evaluator`` must be a victim config (a mapping with ``_target_``), not a name: one line before any
+    work (``evaluator=resnet18`` used to fail after the attack, in Hydra's instantiate)."""
+    from collections.abc import Mapping
+
+    if node is None or (isinstance(node, (Mapping, DictConfig)) and "_target_" in node):
+        return
+    example = f"name: {node}, " if isinstance(node, str) else ""
+    raise SplitinvError(
+        f"evaluator={node!r} is not a classifier config: give one, e.g. "
+        f"'evaluator={{_target_: splitinv.victims.build_victim, {example}weights: PATH}}', or evaluator=null."
+    )
 
 
 def _evaluator(cfg: DictConfig, victim: Any, device: torch.device) -> Any:

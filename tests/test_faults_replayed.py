@@ -296,3 +296,186 @@ def test_a_non_positive_image_size_is_refused(command: list[str], size: str, cap
 def test_build_victim_refuses_a_non_positive_image_size() -> None:
     with pytest.raises(SplitinvError, match=r"victim.image_size=0: give a positive integer"):
         build_victim("resnet10t", image_size=0)
+
+
+# ------------------------------------------------------------------------------------- more raw tracebacks
+
+
+def test_a_name_given_as_evaluator_is_one_line_before_any_work(tmp_path: Path, capsys) -> None:
+    cfg = compose([*TINY_RUN, "evaluator=resnet18"], output_dir=tmp_path)
+    line = _exits_2(lambda: run_task("splitinv-run", run, cfg, multirun=False), capsys, "splitinv-run")
+    assert "evaluator='resnet18' is not a classifier config" in line
+    assert "evaluator={_target_: splitinv.victims.build_victim, name: resnet18, weights: PATH}" in line
+    assert not (tmp_path / "decoder.pt").exists() and not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "advise"])
+def test_a_path_hydra_cannot_lex_is_one_line_with_the_quoted_form(
+    command: str, tmp_path: Path, capsys
+) -> None:
+    from splitinv.run import main as run_main
+
+    bad = f"data.root={tmp_path}/my data (copy)"
+    if command == "run":
+        line = _exits_2(lambda: run_main(["data=imagefolder", bad]), capsys, "splitinv-run")
+    else:
+        argv = [
+            "advise",
+            "resnet18",
+            "--run",
+            "--attacks",
+            "decoder",
+            "--set",
+            bad,
+            "-o",
+            str(tmp_path / "a"),
+        ]
+        line = _exits_2(lambda: cli.main(argv), capsys, "splitinv")
+    assert f"'{bad}' does not parse as an override (" in line
+    assert f"\"data.root='{tmp_path}/my data (copy)'\"" in line
+    assert not (tmp_path / "a").exists()
+
+
+def test_hydra_quote_round_trips_through_the_grammar() -> None:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from splitinv.task import hydra_quote
+
+    for value in ("/a/b.pt", "/my data (copy)/v.pt", "it's", "a\\b(", "c:\\x (1)\\", "x=y,z"):
+        (parsed,) = OverridesParser.create().parse_overrides([f"k={hydra_quote(value)}"])
+        assert parsed.value() == value, value
+    assert hydra_quote("/a/b.pt") == "/a/b.pt"  # plain values stay as they are
+
+
+# -------------------------------------------------------------------------------------- vague messages before
+
+
+@pytest.mark.parametrize(
+    "defense, expected_error",
+    [(["defense=prune", "defense.fraction=1.0"], 0.0), (["defense=gaussian", "defense.scale=1e30"], None)],
+)
+def test_a_defense_that_sends_nothing_is_scored_as_a_valid_result(
+    tmp_path: Path, defense: list[str], expected_error: float | None
+) -> None:
+    record = run(compose([*TINY_RUN, *defense], output_dir=tmp_path))
+    assert record["status"] == "ok" and json.loads((tmp_path / "metrics.json").read_text())["status"] == "ok"
+    assert 0 <= record["ssim"]["mean"] < 0.5 and record["utility"]["accuracy"] is not None
+    error = record["feature_error"]["mean"]
+    if expected_error is not None:  # all-zero observations of x and x_hat agree exactly
+        assert error == expected_error
+    else:  # two independent draws of noise far above the signal: sqrt(2) apart, relative to one
+        assert error == pytest.approx(2**0.5, rel=0.05)
+
+
+def test_feature_error_of_zero_and_huge_observations() -> None:
+    from splitinv.metrics import feature_error
+
+    g = torch.Generator().manual_seed(0)
+    f, f_hat = torch.randn(3, 4, 5, 5, generator=g), torch.randn(3, 4, 5, 5, generator=g)
+    reference = (f_hat - f).double().flatten(1).norm(dim=1) / f.double().flatten(1).norm(dim=1)
+    for scale in (1.0, 1e30, 1e-30):  # float32 norms of 1e30 values overflow to inf; 1e-30 ones underflow
+        torch.testing.assert_close(
+            feature_error(f_hat * scale, f * scale), reference.float(), rtol=1e-5, atol=0
+        )
+    zeros = torch.zeros(2, 4, 5, 5)
+    assert torch.equal(feature_error(zeros, zeros), torch.zeros(2))
+    with pytest.raises(SplitinvError, match=r"all zeros for image\(s\) \[0, 1\] but f_hat is not"):
+        feature_error(f_hat[:2], zeros)
+
+
+def _images_job(root: Path, name: str, seed: int, originals: torch.Tensor) -> Path:
+    from splitinv.results import RESULTS_FORMAT, save_images, write_digest
+
+    job = root / name
+    job.mkdir(parents=True)
+    record = {
+        "format": RESULTS_FORMAT, "status": "ok", "ssim": {"mean": 0.5, "std": 0.1, "n": 2},
+        "victim": "resnet18", "cut": "layer1", "attack": "decoder", "seed": seed,
+        "details": {"cut": {"index": 2, "relative_depth": 0.2}},
+    }  # fmt: skip
+    (job / "metrics.json").write_text(json.dumps(record))
+    write_digest(job / "metrics.json")
+    save_images(
+        job / "images.pt",
+        originals,
+        torch.rand(originals.shape, generator=torch.Generator().manual_seed(seed)),
+    )
+    return job
+
+
+def test_plot_takes_the_next_job_when_one_images_file_is_corrupt(
+    tmp_path: Path, capsys, caplog: pytest.LogCaptureFixture
+) -> None:
+    originals = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    first = _images_job(tmp_path / "sweep", "0", 0, originals)
+    _images_job(tmp_path / "sweep", "1", 1, originals)  # another seed, the same evaluation images
+    (first / "images.pt").write_bytes((first / "images.pt").read_bytes()[:100])
+    with caplog.at_level(logging.WARNING, logger="splitinv.report"):
+        cli.main(["plot", str(tmp_path / "sweep"), "-o", str(tmp_path / "figs")])
+    assert str(first / "images.pt") in caplog.text and "left out of the figure" in caplog.text
+    assert "wrote" in capsys.readouterr().out
+    assert list((tmp_path / "figs").glob("reconstructions_*.png"))
+    # every images.pt unreadable: the message says so, naming one, instead of "no images.pt"
+    second = tmp_path / "sweep" / "1" / "images.pt"
+    second.write_bytes(b"")
+    line = _exits_2(
+        lambda: cli.main(["plot", str(tmp_path / "sweep"), "-o", str(tmp_path / "figs2")]), capsys, "splitinv"
+    )
+    assert (
+        f"no readable images.pt in the finished jobs below {tmp_path / 'sweep'} (2 unreadable, first " in line
+    )
+
+
+def test_a_folder_given_as_checkpoint_names_the_users_path_before_training(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    cfg = compose(
+        [*TINY_TRAIN, f"checkpoint={folder}"], output_dir=tmp_path / "run", config_name="train_victim"
+    )
+    line = _exits_2(
+        lambda: run_task("splitinv-train-victim", train_victim, cfg, False), capsys, "splitinv-train-victim"
+    )
+    assert line.endswith(
+        f"checkpoint={folder} is a folder: name a file, e.g. checkpoint={folder / 'model.pt'}."
+    )
+    assert not list(folder.iterdir()) and not (tmp_path / "run" / "logs").exists()  # nothing trained
+    with pytest.raises(OSError) as err:  # the writer itself names the user's path, never its temporary file
+        save_atomic({"x": torch.zeros(1)}, folder)
+    assert err.value.filename == str(folder) and not list(folder.iterdir())
+
+
+def test_aux_imagefolder_with_one_image_names_the_aux_settings(tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    (tmp_path / "one").mkdir()
+    Image.new("RGB", (16, 16), (120, 30, 30)).save(tmp_path / "one" / "a.png")
+    cfg = compose([*TINY_RUN, "aux=imagefolder", f"aux.root={tmp_path / 'one'}"], output_dir=tmp_path / "out")
+    line = _exits_2(lambda: run_task("splitinv-run", run, cfg, multirun=False), capsys, "splitinv-run")
+    assert f"aux=imagefolder: aux.root {tmp_path / 'one'} has 1 image(s), too few for aux.n_eval=16" in line
+    assert "add images to aux.root, or lower aux.n_eval" in line and " n_eval" not in line.replace(
+        "aux.n_eval", ""
+    )
+
+
+def test_an_input_too_large_for_memory_is_refused_at_once(capsys) -> None:
+    line = _exits_2(lambda: cli.main(["layers", "resnet18", "--image-size", "65536"]), capsys, "splitinv")
+    assert (
+        "victim resnet18 at 65536 px needs about " in line and "GiB free here: lower the image size" in line
+    )
+
+
+def test_the_input_cost_estimate_matches_a_real_forward_pass() -> None:
+    from splitinv.victims import estimate_forward
+
+    victim = build_victim("resnet10t", image_size=256, num_classes=4)
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.numel() * o.element_size()))
+             for m in victim.modules() if not list(m.children())]  # fmt: skip
+    with torch.no_grad():
+        victim(torch.zeros(1, 3, 256, 256))
+    for h in hooks:
+        h.remove()
+    cost = estimate_forward(victim, 256, probe=64)  # extrapolated from 64 px, 16 times fewer pixels
+    assert cost["largest_bytes"] == pytest.approx(max(sizes), rel=0.05)
+    params = sum(p.numel() * 4 for p in victim.parameters())
+    assert max(sizes) < cost["peak_bytes"] - params < 4 * max(sizes)
