@@ -695,9 +695,10 @@ def advise(
         rows, counts = sweep_rows(sweep, trust_edited=trust_edited)
         if rows.empty:
             detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"
-            raise SplitinvError(
-                f"no finished runs below {sweep} ({detail}): run the sweep first (splitinv advise --run ...)."
-            )
+            fix = "run the sweep first (splitinv advise --run ...)"
+            if counts.get("edited"):  # the warning before names each file
+                fix = "rerun the edited jobs, or pass --trust-edited to accept the edits"
+            raise SplitinvError(f"no finished runs below {sweep} ({detail}): {fix}.")
         victims = sorted(set(rows["victim"].astype(str)))
         if name is None:
             if len(victims) > 1:

@@ -149,6 +149,7 @@ def collect(sweep_dir: str | Path, *, trust_edited: bool = False) -> pd.DataFram
             continue
         seen.add(path.parent)
         if not trust_edited and (why := edited(path)):
+            why += ": its job is left out; rerun it, or pass --trust-edited to accept the edit."
             log.warning("%s", why)
             row = {k: rec.get(k) for k in KEYS}  # where it belongs; none of its numbers
             row.update(_defense_keys(rec))

@@ -132,14 +132,13 @@ def edited(path: str | Path, data: bytes | None = None) -> str | None:
     must not be a way around the check."""
     path = Path(path)
     data = path.read_bytes() if data is None else data
-    fix = "rerun that job (overwrite=true replaces it), or pass --trust-edited to accept the edit"
     name = digest_path(path).name
     try:
         recorded = digest_path(path).read_text().split()
     except (OSError, UnicodeDecodeError):
-        return f"{path} has no readable digest ({name}): it was edited or not written by splitinv; {fix}."
+        return f"{path} has no readable digest ({name}): it was edited, or not written by splitinv"
     if not recorded or recorded[0] != _sha256(data):
-        return f"{path} was changed after splitinv wrote it (its sha256 differs from {name}); {fix}."
+        return f"{path} was changed after splitinv wrote it (its sha256 differs from {name})"
     return None
 
 
@@ -159,7 +158,7 @@ def finished(out_dir: str | Path) -> dict[str, Any] | None:
     if not (isinstance(record, dict) and record.get("status") == "ok"):
         return None
     if why := edited(path, data):
-        raise ResultsExist(why)
+        raise ResultsExist(f"{why}: not reused; pass overwrite=true to rerun the job and replace it.")
     return record
 
 

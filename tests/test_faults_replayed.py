@@ -128,7 +128,8 @@ def test_an_edited_metrics_json_is_caught_by_table_advise_and_a_rerun(
         capsys,
         "splitinv",
     )
-    assert f"no finished runs below {sweep} (1 edited)" in line
+    fix = "rerun the edited jobs, or pass --trust-edited to accept the edits."
+    assert line.endswith(f"no finished runs below {sweep} (1 edited): {fix}")
     # the rerun refuses to reuse it, and leaves it alone (no failed.json either)
     cfg = compose(TINY_RUN, output_dir=sweep / "0")
     line = _exits_2(lambda: run_task("splitinv-run", run, cfg, multirun=False), capsys, "splitinv-run")
