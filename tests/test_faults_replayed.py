@@ -480,3 +480,25 @@ def test_the_input_cost_estimate_matches_a_real_forward_pass() -> None:
     assert cost["largest_bytes"] == pytest.approx(max(sizes), rel=0.05)
     params = sum(p.numel() * 4 for p in victim.parameters())
     assert max(sizes) < cost["peak_bytes"] - params < 4 * max(sizes)
+
+
+def test_a_slow_large_input_is_announced_with_its_estimate(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import splitinv.victims as victims
+
+    victim = build_victim("resnet10t", image_size=520, num_classes=4)
+    with caplog.at_level(logging.WARNING, logger="splitinv.victims"):
+        victims.check_input_cost(victim, 520)  # fast enough here: nothing to say
+        assert not caplog.records
+        monkeypatch.setattr(victims, "SLOW_FORWARD_S", 0.0)
+        victims.check_input_cost(victim, 520)
+    (record,) = caplog.records
+    assert "victim resnet10t at 520 px: one image's forward pass takes roughly" in record.getMessage()
+    assert "lower the image size (victim.image_size, --image-size)" in record.getMessage()
+    monkeypatch.setattr(victims, "available_memory", lambda device=None: 2**20)  # 1 MiB free
+    with pytest.raises(
+        SplitinvError, match=r"at 520 px needs about .* GiB .* more than the 0.0 GiB free here"
+    ):
+        victims.check_image_size(victim, 520)
+    victims.check_image_size(victim, 512)  # at or below 512 px no estimate is made
