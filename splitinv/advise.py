@@ -381,13 +381,13 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
-def sweep_rows(sweep_dir: str | Path) -> tuple[pd.DataFrame, dict[str, int]]:
+def sweep_rows(sweep_dir: str | Path, *, trust_edited: bool = False) -> tuple[pd.DataFrame, dict[str, int]]:
     """The finished runs below ``sweep_dir`` (report.collect's rows) with what the advisor needs besides:
     defense label and config, utility, image size and classes; and the count of runs per status."""
     from splitinv.report import collect
 
     root = Path(sweep_dir)
-    frame = collect(root)
+    frame = collect(root, trust_edited=trust_edited)
     counts = frame["status"].value_counts().to_dict()
     ok = frame[frame["status"] == "ok"].copy()
     extra = []
@@ -672,13 +672,15 @@ def advise(
     warmup: int = 3,
     method: str = "auto",
     attacked_only: bool = False,
+    trust_edited: bool = False,
 ) -> pd.DataFrame:
     """The advisor's table: one row per cut point (x defense a sweep ran there), see the module doc.
 
     ``sweep``: a folder written by ``splitinv-run -m`` (its finished runs give leakage and utility; its
     victim, image size and classes are used when ``victim`` / ``image_size`` are not given; a different
     victim or size is refused). ``victim``: a name or a built Victim; without a sweep every row is "not
-    attacked". ``cuts``: all (default), stages, every:K, or names / specs. ``table.attrs`` holds the
+    attacked". ``cuts``: all (default), stages, every:K, or names / specs. ``trust_edited``: read edited
+    metrics.json files (else they are left out, warned about). ``table.attrs`` holds the
     victim, image size, machine, profile, wire precision, utility metric and the attack count that flags.
     """
     if wire not in WIRE_BYTES:
@@ -690,12 +692,13 @@ def advise(
     name = victim if isinstance(victim, str) else getattr(victim, "name", None)
     if sweep is not None:
         sweep = Path(sweep)
-        rows, counts = sweep_rows(sweep)
+        rows, counts = sweep_rows(sweep, trust_edited=trust_edited)
         if rows.empty:
             detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"
-            raise SplitinvError(
-                f"no finished runs below {sweep} ({detail}): run the sweep first (splitinv advise --run ...)."
-            )
+            fix = "run the sweep first (splitinv advise --run ...)"
+            if counts.get("edited"):  # the warning before names each file
+                fix = "rerun the edited jobs, or pass --trust-edited to accept the edits"
+            raise SplitinvError(f"no finished runs below {sweep} ({detail}): {fix}.")
         victims = sorted(set(rows["victim"].astype(str)))
         if name is None:
             if len(victims) > 1:
@@ -723,6 +726,9 @@ def advise(
     else:
         model = _build_victim(str(name), image_size, num_classes)
     from splitinv.cut import describe_cut_points
+    from splitinv.victims import check_input_cost
+
+    check_input_cost(model, int(getattr(model, "image_size", image_size or 224)))  # before any timing
 
     listed = describe_cut_points(model, method=method, with_shapes=False)
     canonical = {n: p.name for p in listed for n in (p.name, *p.aliases)}
@@ -1053,6 +1059,8 @@ def sweep_command(
     """The ``splitinv-run -m`` command line that runs the advisor's sweep into ``sweep_dir``."""
     import importlib.resources
 
+    from splitinv.task import check_grammar, hydra_quote
+
     if not experiment and not attacks:
         raise SplitinvError("--run needs --attacks (e.g. decoder,rmle) or --experiment NAME.")
     if not experiment and not victim:
@@ -1066,7 +1074,7 @@ def sweep_command(
     if image_size:
         args.append(f"victim.image_size={int(image_size)}")
     if weights:
-        args.append(f"victim.weights={weights}")
+        args.append(f"victim.weights={hydra_quote(str(weights))}")
     if cuts is None and not experiment:
         cuts = "stages"
     if isinstance(cuts, str):  # splitinv-run expands cut=@stages / @all / @every:K for the victim
@@ -1079,7 +1087,9 @@ def sweep_command(
     if launcher:
         args.append(f"hydra/launcher={launcher}")
     args += list(overrides)
-    args.append(f"hydra.sweep.dir={Path(sweep_dir).resolve()}")
+    args.append(f"hydra.sweep.dir={hydra_quote(str(Path(sweep_dir).resolve()))}")
+    for arg in args[1:]:  # a bad --set fails here in one line, not in the sweep's log
+        check_grammar(arg)
     script = shutil.which("splitinv-run")
     command = [script] if script else [sys.executable, "-c", "from splitinv.run import main; main()"]
     return [*command, *args]

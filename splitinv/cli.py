@@ -21,11 +21,12 @@ from splitinv.errors import SplitinvError, one_line_warnings, os_error_line
 
 def _layers(args: argparse.Namespace) -> None:
     from splitinv.cut import describe_cut_points
-    from splitinv.victims import build_victim
+    from splitinv.victims import build_victim, check_input_cost
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights are fine for listing shapes
         victim = build_victim(args.name, weights=args.weights, image_size=args.image_size)
+    check_input_cost(victim, victim.image_size)  # a huge --image-size: refused or announced, not silent
     points = describe_cut_points(victim, method=args.method, image_size=victim.image_size)
     table = Table(title=f"{victim.name} cut points ({victim.image_size}x{victim.image_size} input)")
     for column in ("#", "cut point", "output shape", "depth", "also accepted as"):
@@ -67,9 +68,9 @@ def _victims(args: argparse.Namespace) -> None:
 
 
 def _table(args: argparse.Namespace) -> None:
-    from splitinv.report import collect, published, table
+    from splitinv.report import collect, published, require_finished, table
 
-    frame = collect(args.sweep_dir)
+    frame = require_finished(collect(args.sweep_dir, trust_edited=args.trust_edited), args.sweep_dir)
     if args.published:
         frame = published(args.published, frame)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -83,9 +84,15 @@ def _table(args: argparse.Namespace) -> None:
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from splitinv.report import collect, plot_depth, plot_privacy_utility, plot_reconstructions
+    from splitinv.report import (
+        collect,
+        plot_depth,
+        plot_privacy_utility,
+        plot_reconstructions,
+        require_finished,
+    )
 
-    frame = collect(args.sweep_dir)
+    frame = require_finished(collect(args.sweep_dir, trust_edited=args.trust_edited), args.sweep_dir)
     out = Path(args.output or Path(args.sweep_dir) / "figures")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if args.privacy_utility:
@@ -211,6 +218,7 @@ def _advise(args: argparse.Namespace) -> None:
             warmup=args.warmup,
             method=args.method,
             attacked_only=args.attacked_only,
+            trust_edited=args.trust_edited,
         )
     ours = [w for w in caught if "splitinv" in Path(w.filename).parts]  # not the libraries' deprecations
     for message in dict.fromkeys(str(w.message).splitlines()[0] for w in ours):
@@ -246,6 +254,22 @@ def _weights(args: argparse.Namespace) -> None:
         print(f"{item.source} -> {item.target}: {item.what}, sha256 {item.sha256[:12]}..., {state}")
 
 
+TRUST_EDITED = (
+    "read metrics.json files changed after splitinv wrote them (a deliberate edit) instead of refusing"
+)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a positive integer (an image side, a count), else argparse's one-line error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a bad command line reported in one line (no usage block) like every other error."""
 
@@ -259,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("layers", help="list a victim's valid cut points with their output shapes")
     p.add_argument("name", help="torchvision or timm model name, e.g. resnet18, deit_small_patch16_224")
-    p.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the model's)")
+    p.add_argument(
+        "--image-size", type=_positive_int, default=None, help="input side in pixels (default: the model's)"
+    )
     p.add_argument("--weights", default=None, help="imagenet, a checkpoint path, or omit for random weights")
     p.add_argument("--method", default="auto", choices=("auto", "fx", "hooks"), help="how to cut the model")
     p.add_argument("--width", type=int, default=None, help="table width in characters")
@@ -316,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PAPER",
         help="add a paper's published numbers as rows with preset 'paper' (he2019: He et al., ACSAC 2019)",
     )
+    p.add_argument("--trust-edited", action="store_true", help=TRUST_EDITED)
     p.set_defaults(func=_table)
 
     p = sub.add_parser("plot", help="figures of a sweep: quality against cut depth, reconstructions per cut")
@@ -331,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="privacy-utility curves instead: the defended split's accuracy against each --metrics value, "
         "one panel per cut point, one curve per defense, naive and adaptive attackers apart",
     )
+    p.add_argument("--trust-edited", action="store_true", help=TRUST_EDITED)
     p.set_defaults(func=_plot)
 
     p = sub.add_parser(
@@ -370,7 +398,9 @@ example: splitinv audit --generator dcgan --weights gan.pt -n 1000 --train train
         "checkpoint, or random",
     )
     p.add_argument("--victim", default=None, help="classifier embedding the images (default resnet18)")
-    p.add_argument("--image-size", type=int, default=None, help="embedder input side (default: its own)")
+    p.add_argument(
+        "--image-size", type=_positive_int, default=None, help="embedder input side (default: its own)"
+    )
     p.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate (default 0.01)")
     p.add_argument("--top-k", type=int, default=8, help="flagged samples shown in audit.png (default 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generator's latents (default 0)")
@@ -402,7 +432,9 @@ examples:
     p.add_argument("target", nargs="?", default=None, help="a sweep folder (splitinv-run -m), or a victim")
     p.add_argument("--sweep", default=None, help="the sweep folder (leakage and utility rows)")
     p.add_argument("--victim", default=None, help="victim name (default: the sweep's)")
-    p.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the sweep's)")
+    p.add_argument(
+        "--image-size", type=_positive_int, default=None, help="input side in pixels (default: the sweep's)"
+    )
     p.add_argument("--weights", default=None, help="with --run: the victim's weights (costs ignore them)")
     p.add_argument(
         "--cuts",
@@ -442,6 +474,7 @@ examples:
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing (default 3)")
     p.add_argument("--format", default="md", choices=("md", "latex", "csv"), help="what to print")
     p.add_argument("--output", "-o", default=None, help="folder for tables and figure (default SWEEP/advise)")
+    p.add_argument("--trust-edited", action="store_true", help=TRUST_EDITED)
     p.set_defaults(func=_advise)
     return parser
 

@@ -4,9 +4,10 @@ and fail in one line.
 Every dict splitinv writes with :func:`save_atomic` carries a sha256 of each of its tensors (dtype, shape,
 bytes) under :data:`CHECKSUM_KEY`; :func:`load_file`, the one function that reads such files back,
 recomputes them, so a file with a few changed bytes (which ``torch.load(weights_only=True)`` accepts: values
-of 1e36 appear) is refused. A tensor removed after saving is left to the reader's own key checks. Tensors
-without a checksum (a user's plain state_dict, torchvision or timm weights, files written before checksums,
-a tensor added by hand) get a finiteness check instead: every floating-point value must be finite.
+of 1e36 appear) is refused; a splitinv file (a ``format`` of ``splitinv-...``) without them is warned about. A
+tensor removed after saving is left to the reader's own key checks. Tensors without a checksum (a user's
+plain state_dict, torchvision or timm weights, a tensor added by hand) must be finite and free of magnitude
+outliers (:func:`_outlier`).
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     A dict gets its tensors' checksums under :data:`CHECKSUM_KEY` (verified by :func:`load_file`).
     """
     path = Path(path)
+    if path.is_dir():  # os.replace would fail naming the temporary file, not the user's path
+        raise OSError(errno.EISDIR, "Is a directory", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(obj, Mapping):
         obj, digests = _without_checksum(obj), checksums(obj)
@@ -95,6 +98,22 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def check_output_file(setting: str, value: Any) -> None:
+    """Before any work: ``setting=value`` (where a command writes its checkpoint) must name a file, not a
+    folder or a path under a file. None (the default place) passes."""
+    if value is None or not str(value).strip():
+        return
+    path = Path(str(value)).expanduser()
+    if path.is_dir():
+        example = path / "model.pt"
+        raise SplitinvError(f"{setting}={value} is a folder: name a file, e.g. {setting}={example}.")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SplitinvError(f"{setting}={value}: {parent} is a file, not a folder: fix the path.")
+            break
 
 
 def _detail(err: BaseException) -> str:
@@ -135,6 +154,36 @@ def _check_tensors(obj: Any, recorded: Mapping[str, str]) -> str | None:
             bad = int((~torch.isfinite(t)).sum())
             if bad:
                 return f"is corrupt or diverged: {bad} value(s) of tensor {name} are inf/NaN"
+            if problem := _outlier(t):
+                return f"is corrupt or diverged: tensor {name} {problem}"
+    return None
+
+
+# No trained weight, BatchNorm statistic or embedding comes near this; random bytes read as float32 usually do
+MAX_MAGNITUDE = 1e8
+# a value this many times the tensor's typical (median non-zero) magnitude, and above OUTLIER_FLOOR
+OUTLIER_RATIO, OUTLIER_FLOOR = 1e6, 1e3
+
+
+def _outlier(t: torch.Tensor) -> str | None:
+    """Why a finite tensor without a checksum cannot hold trained values (changed bytes read as numbers:
+    a weight of 1e36), or None: a value above :data:`MAX_MAGNITUDE`, or a value over
+    :data:`OUTLIER_FLOOR` that is :data:`OUTLIER_RATIO` times the tensor's median non-zero magnitude."""
+    if not t.numel():
+        return None
+    mag = t.detach().abs().double().reshape(-1)
+    top = float(mag.max())
+    if top > MAX_MAGNITUDE:
+        return (
+            f"holds a value of magnitude {top:.3g}, far beyond any trained weight (limit {MAX_MAGNITUDE:.0e})"
+        )
+    nonzero = mag[mag > 0]
+    if top > OUTLIER_FLOOR and nonzero.numel() >= 16:
+        typical = float(nonzero.median())
+        if top > OUTLIER_RATIO * typical:
+            return (
+                f"holds a value of magnitude {top:.3g}, {top / typical:.2g} times its typical {typical:.3g}"
+            )
     return None
 
 
@@ -170,6 +219,15 @@ def load_file(path: str | os.PathLike, what: str, hint: str = "") -> Any:
     recorded: Any = {}
     if isinstance(obj, Mapping) and CHECKSUM_KEY in obj:
         recorded, obj = obj[CHECKSUM_KEY], _without_checksum(obj)
+    elif isinstance(obj, Mapping) and str(obj.get("format", "")).startswith("splitinv-"):
+        import warnings
+
+        warnings.warn(
+            f"{what} file {path} is a {obj['format']} file without splitinv's checksums (saved with "
+            "torch.save, or they were removed): only finiteness and magnitude are checked; write it with "
+            "splitinv.io.save_atomic to have every tensor verified.",
+            stacklevel=2,
+        )
     problem = _check_tensors(obj, recorded if isinstance(recorded, Mapping) else {})
     if problem is not None:
         raise SplitinvError(f"{what} file {path} {problem}; {fix}")

@@ -513,7 +513,9 @@ def _check_batch_tensor(t: Any, name: str, *, min_ndim: int = 2) -> Tensor:
 def feature_error(f_hat: Tensor, f: Tensor) -> Tensor:
     """Per-image relative feature error ``||f_hat - f|| / ||f||`` over all non-batch dims.
 
-    Works for (B, C, H, W) maps and (B, N, C) tokens. Returns float32 (B,).
+    Works for (B, C, H, W) maps and (B, N, C) tokens. Returns float32 (B,). Computed in float64, scaled
+    per image, so huge observations do not overflow; 0 where both are all zeros (a defense that sends
+    nothing: the reconstruction's observation matches exactly).
     """
     f_hat = _check_batch_tensor(f_hat, "f_hat")
     f = _check_batch_tensor(f, "f")
@@ -524,15 +526,21 @@ def feature_error(f_hat: Tensor, f: Tensor) -> Tensor:
         )
     if not (f.is_floating_point() and f_hat.is_floating_point()):
         raise SplitinvError("features must be floating-point tensors (the head's output)")
-    den = f.flatten(1).norm(dim=1)
-    zero = den == 0
+    # float64 over each image's largest magnitude: observations of 1e30 (a huge noise defense) do not overflow
+    f64, f_hat64 = f.flatten(1).double(), f_hat.flatten(1).double()
+    scale = torch.maximum(f64.abs().amax(1), f_hat64.abs().amax(1)).clamp_min(1e-300)[:, None]
+    den = (f64 / scale).norm(dim=1)
+    num = ((f_hat64 - f64) / scale).norm(dim=1)
+    # both observations all zeros (a defense that sends nothing): they agree exactly, error 0
+    both_zero = (f64 == 0).all(1) & (f_hat64 == 0).all(1)
+    zero = (den == 0) & ~both_zero
     if bool(zero.any()):
         idx = zero.nonzero().flatten().tolist()[:5]
         raise SplitinvError(
-            f"f (the features of x) is all zeros for image(s) {idx}; the relative error is "
+            f"f (the features of x) is all zeros for image(s) {idx} but f_hat is not; the relative error is "
             "undefined there: check the cut point and the input images"
         )
-    return (f_hat - f).flatten(1).norm(dim=1) / den
+    return torch.where(both_zero, torch.zeros_like(num), num / torch.where(both_zero, 1.0, den)).float()
 
 
 def _check_logits(t: Any, name: str) -> Tensor:

@@ -22,7 +22,7 @@ from splitinv.baselines import NAMES as BASELINE_NAMES
 from splitinv.baselines import SCORED as BASELINE_METRICS
 from splitinv.errors import SplitinvError
 from splitinv.metrics import DIRECTION
-from splitinv.results import FAILED_FILE, METRICS_FILE
+from splitinv.results import FAILED_FILE, METRICS_FILE, edited
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,11 @@ def _read_json(path: Path) -> tuple[Any, str | None]:
         return None, why
 
 
-def collect(sweep_dir: str | Path) -> pd.DataFrame:
-    """One row per job below ``sweep_dir``: :data:`KEYS`, status, cut depth, metric means and stds."""
+def collect(sweep_dir: str | Path, *, trust_edited: bool = False) -> pd.DataFrame:
+    """One row per job below ``sweep_dir``: :data:`KEYS`, status, cut depth, metric means and stds.
+
+    A metrics.json whose digest does not match (edited by hand, :func:`splitinv.results.edited`) is a row
+    with status ``edited`` and no numbers, warned about in one line, unless ``trust_edited``."""
     root = Path(sweep_dir)
     if not root.is_dir():
         raise SplitinvError(f"{root} is not a folder: pass a run or sweep folder written by splitinv-run.")
@@ -145,6 +148,14 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
         if not isinstance(rec, dict) or not str(rec.get("format", "")).startswith("splitinv-results"):
             continue
         seen.add(path.parent)
+        if not trust_edited and (why := edited(path)):
+            why += ": its job is left out; rerun it, or pass --trust-edited to accept the edit."
+            log.warning("%s", why)
+            row = {k: rec.get(k) for k in KEYS}  # where it belongs; none of its numbers
+            row.update(_defense_keys(rec))
+            row.update(status="edited", job=str(path.parent.relative_to(root)), error=why)
+            rows.append(row)
+            continue
         row = {k: rec.get(k) for k in KEYS}
         row.update(_defense_keys(rec))
         cut_info = (rec.get("details") or {}).get("cut") or {}
@@ -184,17 +195,33 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def require_finished(frame: pd.DataFrame, sweep_dir: str | Path) -> pd.DataFrame:
+    """``frame`` (from :func:`collect`) when at least one job finished, else a one-line error that counts
+    the jobs by status and quotes the first one's problem."""
+    if (frame["status"] == "ok").any():
+        return frame
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(frame["status"].value_counts().items()))
+    errors = [e for e in frame.get("error", pd.Series(dtype=object)).tolist() if isinstance(e, str) and e]
+    if errors:  # the first job's own line says what to do
+        raise SplitinvError(f"no finished results below {sweep_dir} ({counts}); first: {errors[0]}")
+    raise SplitinvError(
+        f"no finished results below {sweep_dir} ({counts}): rerun those jobs, then this command."
+    )
+
+
 def published(name: str, frame: pd.DataFrame | None = None) -> pd.DataFrame:
     """A paper's published numbers (``splitinv/assets/published/<name>.yaml``) as rows with preset
     ``paper``, appended to ``frame`` where given: only the (victim, cut) pairs ``frame`` holds, so a table
     shows the paper beside the runs that reproduce it."""
     import importlib.resources
 
-    resource = importlib.resources.files("splitinv").joinpath(f"assets/published/{name}.yaml")
-    if not resource.is_file():
-        folder = importlib.resources.files("splitinv").joinpath("assets/published")
-        known = sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
-        raise SplitinvError(f"no published numbers named {name!r}: use one of {', '.join(known)}.")
+    folder = importlib.resources.files("splitinv").joinpath("assets/published")
+    known = sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+    if name not in known:  # a name, never a path: --published ../../x must not read another file
+        raise SplitinvError(
+            f"no published numbers named {name!r}: use --published with one of {', '.join(known)}."
+        )
+    resource = folder.joinpath(f"{name}.yaml")
     rows = []
     for entry in (yaml.safe_load(resource.read_text()) or {}).get("rows", []):
         row: dict[str, Any] = {k: None for k in KEYS}
@@ -452,26 +479,24 @@ def plot_reconstructions(
     several), first seed, each reconstruction's SSIM / PSNR from its job's samples.csv under it, drawn like a
     run's sheets (:func:`splitinv.sheets.draw_sheet`). Writes reconstructions_<...>.png and .pdf into
     ``out_dir``."""
-    from splitinv.results import IMAGES_FILE, load_images
+    from splitinv.results import IMAGES_FILE
     from splitinv.sheets import SheetRow, draw_sheet, save_figure
 
     ok = frame[frame["status"] == "ok"].sort_values(["cut_depth", "seed"], na_position="last")
     keys = _series_keys(ok)
     written: list[Path] = []
+    unreadable: list[str] = []
     for label, group in ok.groupby(keys, sort=True):
         defenses = "defense_setting" in group and group["defense_setting"].nunique() > 1
         by = ["cut", "defense_setting"] if defenses else ["cut"]
         rows: list[SheetRow] = []
         seeds: set[str] = set()
         for key, jobs in group.groupby(by, sort=False):
-            job_dir = Path(sweep_dir) / str(jobs.iloc[0]["job"])
-            if not (job_dir / IMAGES_FILE).is_file():
+            match = rows[0].images if rows else None  # later rows: the same evaluation images
+            found = _first_images(Path(sweep_dir), jobs, unreadable, match, n)  # the first job that reads
+            if found is None:
                 continue
-            try:
-                originals, recon = load_images(job_dir / IMAGES_FILE)
-            except SplitinvError as err:
-                log.warning("%s: left out of the figure", err)
-                continue
+            job_dir, jobs, (originals, recon) = found
             if not rows:
                 rows.append(SheetRow("original", originals[:n]))
             name = ", ".join(str(v) for v in (key if isinstance(key, tuple) else (key,)))
@@ -485,10 +510,41 @@ def plot_reconstructions(
         tag = "_".join(str(v) for v in (label if isinstance(label, tuple) else (label,)))
         written += save_figure(fig, Path(out_dir) / f"reconstructions_{tag}")
     if not written:
+        if unreadable:
+            raise SplitinvError(
+                f"no readable {IMAGES_FILE} in the finished jobs below {sweep_dir} ({len(unreadable)} "
+                f"unreadable, first {unreadable[0]}): rerun those jobs."
+            )
         raise SplitinvError(
             f"no {IMAGES_FILE} in the finished jobs below {sweep_dir}: rerun them with this version."
         )
     return written
+
+
+def _first_images(
+    sweep_dir: Path, jobs: pd.DataFrame, unreadable: list[str], match: Any, n: int
+) -> tuple[Path, pd.DataFrame, tuple[Any, Any]] | None:
+    """(job folder, its rows from ``jobs`` onwards, its images) of the first job in ``jobs`` whose
+    images.pt reads and, where ``match`` is given, holds those first ``n`` originals (a figure's rows
+    share one set of evaluation images). An unreadable file is warned about, added to ``unreadable``, and
+    the next job (seed) tried."""
+    import torch
+
+    from splitinv.results import IMAGES_FILE, load_images
+
+    for i in range(len(jobs)):
+        job_dir = sweep_dir / str(jobs.iloc[i]["job"])
+        if not (job_dir / IMAGES_FILE).is_file():
+            continue
+        try:
+            originals, recon = load_images(job_dir / IMAGES_FILE)
+        except SplitinvError as err:
+            log.warning("%s: left out of the figure", err)
+            unreadable.append(str(job_dir / IMAGES_FILE))
+            continue
+        if match is None or torch.equal(originals[:n], match):
+            return job_dir, jobs.iloc[i:], (originals, recon)
+    return None
 
 
 def plot_privacy_utility(frame: pd.DataFrame, out_dir: str | Path, metric: str = "ssim") -> list[Path]:

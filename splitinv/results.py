@@ -36,6 +36,7 @@ SAMPLES_FILE = "samples.csv"
 FAILED_FILE = "failed.json"
 SUPERSEDED_FILE = "metrics.superseded.json"
 IMAGES_FILE = "images.pt"
+DIGEST_SUFFIX = ".sha256"  # metrics.json.sha256 beside metrics.json: `sha256sum -c` reads it too
 RESULTS_FORMAT = "splitinv-results/1"
 _OLD_GRID = "grid.png"  # what earlier versions wrote instead of the sheets: removed when a job is rewritten
 
@@ -153,6 +154,7 @@ def write_run(
         for name, writer in (extra_files or {}).items():
             writer(stage / name)
         (stage / METRICS_FILE).write_text(json.dumps(_clean(record), indent=2, sort_keys=False) + "\n")
+        write_digest(stage / METRICS_FILE)
         names = [p.name for p in stage.iterdir()]
         stale = (_OLD_GRID, RECONSTRUCTIONS_ARRAY, RECONSTRUCTIONS_PNG)
         for old in out.iterdir():  # a stale sheet would show another run's reconstructions
@@ -168,16 +170,59 @@ def write_run(
     return out / METRICS_FILE
 
 
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest_path(path: str | Path) -> Path:
+    """Where the digest of results file ``path`` lives (``metrics.json`` -> ``metrics.json.sha256``)."""
+    return Path(str(path) + DIGEST_SUFFIX)
+
+
+def write_digest(path: str | Path) -> Path:
+    """Write the sha256 of ``path``'s bytes beside it, in ``sha256sum``'s format."""
+    path = Path(path)
+    out = digest_path(path)
+    out.write_text(f"{_sha256(path.read_bytes())}  {path.name}\n")
+    return out
+
+
+def edited(path: str | Path, data: bytes | None = None) -> str | None:
+    """Why results file ``path`` (with content ``data``, read once by the caller) cannot be trusted as
+    splitinv wrote it, in one line, or None when its digest matches. A missing digest counts: deleting it
+    must not be a way around the check."""
+    path = Path(path)
+    data = path.read_bytes() if data is None else data
+    name = digest_path(path).name
+    try:
+        recorded = digest_path(path).read_text().split()
+    except (OSError, UnicodeDecodeError):
+        return f"{path} has no readable digest ({name}): it was edited, or not written by splitinv"
+    if not recorded or recorded[0] != _sha256(data):
+        return f"{path} was changed after splitinv wrote it (its sha256 differs from {name})"
+    return None
+
+
 def finished(out_dir: str | Path) -> dict[str, Any] | None:
-    """The finished record in ``out_dir`` (its metrics.json), or None (absent, unreadable, or not ok)."""
+    """The finished record in ``out_dir`` (its metrics.json), or None (absent, unreadable, or not ok).
+
+    A record whose digest does not match (:func:`edited`) is refused with :class:`ResultsExist` (the folder
+    untouched): an edited result is never reused."""
     path = Path(out_dir) / METRICS_FILE
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text())
+        data = path.read_bytes()
+        record = json.loads(data)
     except (json.JSONDecodeError, OSError, UnicodeDecodeError):
         return None
-    return record if isinstance(record, dict) and record.get("status") == "ok" else None
+    if not (isinstance(record, dict) and record.get("status") == "ok"):
+        return None
+    if why := edited(path, data):
+        raise ResultsExist(f"{why}: not reused; pass overwrite=true to rerun the job and replace it.")
+    return record
 
 
 def reusable(
@@ -195,7 +240,12 @@ def reusable(
     ``overwrite``: a sweep relaunched with other values into an old sweep folder must not replace the jobs
     it finished. Same config with changed input files (a victim retrained into the same path) reruns, with
     a warning naming what changed."""
-    record = finished(out_dir)
+    try:
+        record = finished(out_dir)
+    except ResultsExist:
+        if overwrite:
+            return None
+        raise
     if record is None:
         return None
     if record.get("config_hash") != config_hash:
@@ -223,6 +273,8 @@ def write_failure(out_dir: str | Path, err: BaseException) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     if (out / METRICS_FILE).is_file():
         os.replace(out / METRICS_FILE, out / SUPERSEDED_FILE)
+        if digest_path(out / METRICS_FILE).is_file():
+            os.replace(digest_path(out / METRICS_FILE), digest_path(out / SUPERSEDED_FILE))
     text = json.dumps(
         {
             "status": "failed",

@@ -79,6 +79,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
             f"{', '.join(results.SAVE_FORMATS)}."
         )
 
+    _check_evaluator_setting(cfg.get("evaluator"))
     victim = instantiate(cfg.victim)
     datamodule = instantiate(cfg.data)
     check_image_size(victim, datamodule.image_size, datamodule.channels)
@@ -191,6 +192,20 @@ def _attack_on_every_rank(
         torch.tensor(float(attacked), device=trainer.strategy.root_device), reduce_op="sum"
     )
     return int(total.item()), time.perf_counter() - start
+
+
+def _check_evaluator_setting(node: Any) -> None:
+    """``evaluator`` must be a victim config (a mapping with ``_target_``), not a name: one line before any
+    work (``evaluator=resnet18`` used to fail after the attack, in Hydra's instantiate)."""
+    from collections.abc import Mapping
+
+    if node is None or (isinstance(node, (Mapping, DictConfig)) and "_target_" in node):
+        return
+    example = f"name: {node}, " if isinstance(node, str) else ""
+    raise SplitinvError(
+        f"evaluator={node!r} is not a classifier config: give one, e.g. "
+        f"'evaluator={{_target_: splitinv.victims.build_victim, {example}weights: PATH}}', or evaluator=null."
+    )
 
 
 def _evaluator(cfg: DictConfig, victim: Any, device: torch.device) -> Any:

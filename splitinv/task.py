@@ -146,6 +146,8 @@ def check_overrides(args: Sequence[str]) -> None:
     (``data.root=/my dir``), and a run or sweep folder that cannot be created."""
     previous = ""
     for arg in args:
+        if "=" in arg and previous not in _FLAGS_WITH_VALUE and not arg.startswith(("-", "~")):
+            check_grammar(arg)
         if previous in _FLAGS_WITH_VALUE or arg.startswith(("-", "~")) or "=" in arg:  # ~key: delete key
             previous = arg
             continue
@@ -159,6 +161,39 @@ def check_overrides(args: Sequence[str]) -> None:
         key, _, value = arg.lstrip("+").partition("=")
         if key in ("hydra.run.dir", "hydra.sweep.dir") and value and "${" not in value:
             _check_creatable(Path(value).expanduser(), key)
+
+
+def hydra_quote(value: str) -> str:
+    """``value`` as Hydra's override grammar reads it back unchanged: as it is where it parses as one plain
+    value, else in single quotes (a path with spaces and brackets, ``/my data (copy)``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        (parsed,) = OverridesParser.create().parse_overrides([f"k={value}"])
+        if parsed.value() == value:
+            return value
+    except Exception:  # the grammar's own errors: quote it
+        pass
+    body = value.replace("'", "\\'")  # backslashes stay literal, except a trailing run (before the quote)
+    stripped = body.rstrip("\\")
+    return "'" + stripped + "\\" * (2 * (len(body) - len(stripped))) + "'"
+
+
+def check_grammar(arg: str) -> None:
+    """A one-line error for an override Hydra's grammar rejects (its lexer's message is a multi-line
+    traceback-like block): ``data.root=/my data (copy)`` must be quoted inside, as ``data.root='...'``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        OverridesParser.create().parse_overrides([arg])
+    except OverrideParseException as err:
+        key, _, value = arg.partition("=")
+        why = " ".join(str(err).split("See https")[0].split())
+        raise SplitinvError(
+            f"'{arg}' does not parse as an override ({why}): quote the value inside the argument, e.g. "
+            f'"{key}={hydra_quote(value)}".'
+        ) from None
 
 
 def _check_creatable(path: Path, key: str) -> None:

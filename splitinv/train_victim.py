@@ -7,6 +7,7 @@ trains a ResNet-18 on the Fashion-MNIST subset that ships with splitinv).
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from omegaconf import DictConfig
 
 from splitinv.config import instantiate
 from splitinv.errors import SplitinvError
-from splitinv.io import save_atomic
+from splitinv.io import check_output_file, save_atomic
 from splitinv.task import hydra_command
 from splitinv.training import monitor
 from splitinv.victims import Victim
@@ -73,9 +74,10 @@ class ClassifierModule(L.LightningModule):
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(1) == y).float().mean()
         # checked and logged every CHECK_EVERY steps (and at each epoch's end): no host sync per step
-        monitor(self, "victim training loss", f"lower lr (now {self.lr}).", prog_bar=("loss", "acc")).update(
-            {"loss": loss, "acc": acc}, self, batch_idx=batch_idx, batch_size=x.shape[0]
+        watch = monitor(
+            self, "victim training loss", f"lower optim.lr (now {self.lr}).", prog_bar=("loss", "acc")
         )
+        watch.update({"loss": loss, "acc": acc}, self, batch_idx=batch_idx, batch_size=x.shape[0])
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -107,6 +109,26 @@ class ClassifierModule(L.LightningModule):
         }
 
 
+def check_trained(val_acc: float, val_loss: float, num_classes: int, n: int, lr: float) -> None:
+    """Refuse a trained victim not worth saving, in one line: a NaN/inf validation loss (it diverged), or an
+    accuracy at chance (``1 / num_classes``, within one standard error of random guessing on ``n``
+    validation images). ``allow_chance=true`` keeps a deliberate chance-level network."""
+    if not math.isfinite(val_loss):
+        raise SplitinvError(
+            f"victim training diverged: validation loss {val_loss} (val_acc {val_acc:.4f}): lower optim.lr "
+            f"(now {lr}); nothing was saved."
+        )
+    chance = 1.0 / max(1, int(num_classes))
+    margin = math.sqrt(chance * (1.0 - chance) / max(1, int(n)))
+    if val_acc <= chance + margin:
+        raise SplitinvError(
+            f"victim training ended at chance accuracy (val_acc {val_acc:.4f} on {n} images, chance "
+            f"{chance:.4f} for {num_classes} classes): train longer (trainer.max_epochs), on more data "
+            f"(data.n_aux) or with another optim.lr (now {lr}), or pass allow_chance=true to keep it; "
+            "nothing was saved."
+        )
+
+
 def save_victim(victim: Victim, path: str | Path) -> Path:
     """Write ``victim.checkpoint()`` atomically (a temporary file renamed into place)."""
     return save_atomic(victim.checkpoint(), path)
@@ -114,6 +136,7 @@ def save_victim(victim: Victim, path: str | Path) -> Path:
 
 def train_victim(cfg: DictConfig) -> dict[str, Any]:
     """Train ``cfg.victim`` on ``cfg.data`` (aux split = training set, eval split = validation), save it."""
+    check_output_file("checkpoint", cfg.get("checkpoint"))  # before any training
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
@@ -146,6 +169,9 @@ def train_victim(cfg: DictConfig) -> dict[str, Any]:
             f"optim.lr (now {cfg.optim.lr}); nothing was saved."
         )
     val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    if not cfg.get("allow_chance", False):
+        n_val = int(getattr(datamodule, "n_eval", 0) or 0)
+        check_trained(float(val["val/acc"]), float(val["val/loss"]), victim.num_classes, n_val, cfg.optim.lr)
     victim.eval()
     out = Path(cfg.checkpoint or Path(cfg.paths.output_dir) / CHECKPOINT_NAME)
     if trainer.is_global_zero:

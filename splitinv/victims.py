@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
+import math
 import os
 import urllib.error
 import warnings
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "splitinv-victim/1"
+# what build_victim reads from a splitinv victim checkpoint
+CHECKPOINT_KEYS = ("name", "state_dict", "num_classes", "image_size", "mean", "std")
 OWN_WEIGHTS = "own"  # what a wrapped module's weights are recorded as when no weights file is given
 # the constructor argument that sizes a model for its input, per library (position embeddings depend on it)
 _SIZE_KEYS = {"torchvision": "image_size", "timm": "img_size"}
@@ -295,6 +298,12 @@ def _read_weights(path: Path, name: str) -> tuple[Mapping[str, Any], dict[str, A
     ``name``), a dict with a ``state_dict`` entry, or a plain state_dict (no checkpoint for these two)."""
     obj = _load_file(path)
     if obj.get("format") == CHECKPOINT_FORMAT:
+        lacking = [k for k in CHECKPOINT_KEYS if k not in obj]
+        if lacking:
+            raise SplitinvError(
+                f"checkpoint {path} is a {CHECKPOINT_FORMAT} file without {', '.join(lacking)}: edited "
+                "or written by hand; save victims with splitinv.train_victim.save_victim (or retrain it)."
+            )
         if obj["name"] != name:
             raise SplitinvError(
                 f"checkpoint {path} holds a {obj['name']} victim, not {name}: set victim.name={obj['name']}"
@@ -338,6 +347,8 @@ def build_victim(
         image_size: the side of the square input images (default: the weights' resolution, or 224).
         model_kwargs: passed to the model constructor (e.g. ``image_size`` for torchvision ViTs).
     """
+    check_positive("victim.image_size", image_size)
+    check_positive("victim.num_classes", num_classes)
     if str(name) in VICTIMS:
         return VICTIMS[str(name)](weights, num_classes=num_classes, image_size=image_size, **model_kwargs)
     family, name = _resolve_family(str(name))
@@ -369,6 +380,7 @@ def build_victim(
         path = Path(weights).expanduser()
         state, checkpoint = _read_weights(path, name)
         if checkpoint is not None:
+            check_recorded_size(path, checkpoint, image_size)
             num_classes = num_classes or checkpoint["num_classes"]
             mean, std = tuple(checkpoint["mean"]), tuple(checkpoint["std"])
             default_size = checkpoint["image_size"]
@@ -394,8 +406,128 @@ def build_victim(
     return victim.eval()
 
 
+def check_positive(setting: str, value: Any) -> None:
+    """One line for a size or count that is not a positive integer (None: the default, allowed)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SplitinvError(
+            f"{setting}={value!r}: give a positive integer (or leave it out for the default)."
+        )
+
+
+def check_recorded_size(path: Path, checkpoint: Mapping[str, Any], image_size: int | None) -> None:
+    """A checkpoint trained at one image size, run at another, computes something else (a 32-px network at
+    64 px loses most of its accuracy, silently): refused in one line, before any work."""
+    recorded = checkpoint.get("image_size")
+    if image_size is not None and recorded is not None and int(recorded) != int(image_size):
+        raise SplitinvError(
+            f"checkpoint {path} was trained at {recorded} px, the run asks {image_size} px: set "
+            f"victim.image_size={recorded} (or train a victim at {image_size} px)."
+        )
+
+
+# inputs above this side get a cost estimate before their first full-size forward pass
+LARGE_INPUT = 512
+# an estimated forward pass above this many seconds is announced (a warning with the estimate)
+SLOW_FORWARD_S = 20.0
+
+
+def available_memory(device: torch.device | None = None) -> int | None:
+    """Bytes free for a forward pass on ``device``: a GPU's free memory, else the host's MemAvailable."""
+    if device is not None and device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def estimate_forward(
+    victim: nn.Module, image_size: int, channels: int = 3, probe: int = 64
+) -> dict[str, float]:
+    """Memory and time of one image's forward pass at ``image_size``, extrapolated from one at ``probe`` px
+    (activations and work of a convolutional network grow with the image's area): ``peak_bytes`` (the
+    parameters plus the two largest activations alive at once, with a 1.5x margin), ``largest_bytes``,
+    ``seconds``. A probe that fails (a network that takes only its own size) gives an empty dict."""
+    import time
+
+    sizes: list[int] = []
+
+    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            sizes.append(output.numel() * output.element_size())
+
+    leaves = [m for m in victim.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    was_training = victim.training
+    victim.eval()
+    try:
+        with torch.no_grad():
+            device = next(victim.parameters(), torch.zeros(())).device
+            x = torch.zeros(1, channels, probe, probe, device=device)
+            seconds = math.inf
+            for _ in range(3):  # the first call pays one-off costs: the fastest of three
+                sizes.clear()
+                start = time.perf_counter()
+                victim(x)
+                seconds = min(seconds, time.perf_counter() - start)
+    except Exception:
+        return {}
+    finally:
+        for handle in handles:
+            handle.remove()
+        victim.train(was_training)
+    ratio = (image_size / probe) ** 2
+    params = sum(p.numel() * p.element_size() for p in victim.parameters())
+    top = sorted(sizes, reverse=True)[:2] or [0]
+    return {
+        "peak_bytes": params + 1.5 * sum(top) * ratio,
+        "largest_bytes": top[0] * ratio,
+        "seconds": seconds * ratio,
+    }
+
+
+def check_input_cost(victim: nn.Module, image_size: int, channels: int = 3) -> None:
+    """Before a large input's first forward pass (side above :data:`LARGE_INPUT`): refuse one that cannot fit
+    in the machine's free memory, and announce one that will take long, both with the estimate
+    (:func:`estimate_forward`), instead of minutes of silence."""
+    if image_size <= LARGE_INPUT:
+        return
+    cost = estimate_forward(victim, image_size, channels, probe=max(64, min(512, image_size // 4)))
+    if not cost:
+        return
+    name = getattr(victim, "name", type(victim).__name__)
+    native = getattr(victim, "image_size", None)
+    built = f" (built for {native} px)" if native and native != image_size else ""
+    device = next(victim.parameters(), torch.zeros(())).device
+    need, free = cost["peak_bytes"], available_memory(device)
+    if free is not None and need > free:
+        raise SplitinvError(
+            f"victim {name} at {image_size} px needs about {need / 2**30:.1f} GiB for one image's forward "
+            f"pass, more than the {free / 2**30:.1f} GiB free here: lower the image size (victim.image_size, "
+            f"--image-size){built}."
+        )
+    if cost["seconds"] > SLOW_FORWARD_S:  # logged, not warned: shown now, not when a caller's catch ends
+        log.warning(
+            f"victim {name} at {image_size} px{built}: one image's forward pass takes roughly "
+            f"{cost['seconds']:.0f} s and {need / 2**30:.1f} GiB here (extrapolated from a smaller input: an "
+            "upper estimate); attacks need many: lower "
+            "the image size (victim.image_size, --image-size) unless you mean it.",
+        )
+
+
 def check_image_size(victim: nn.Module, image_size: int, channels: int = 3) -> None:
-    """Fail with one clear line when ``victim`` cannot take ``image_size`` x ``image_size`` images."""
+    """Fail with one clear line when ``victim`` cannot take ``image_size`` x ``image_size`` images (a large
+    input is first checked against the machine's memory, :func:`check_input_cost`)."""
+    check_input_cost(victim, image_size, channels)
     was_training = victim.training
     victim.eval()
     try:
@@ -544,6 +676,8 @@ def _wrap(
     """wrap_module, with the weights file already read (``read``: what _read_weights returned, or None)."""
     if isinstance(module, Victim):
         raise SplitinvError(f"{module.name} is already a Victim: pass its network (victim.model) instead.")
+    if read is not None and read[1] is not None and isinstance(image_size, int):
+        check_recorded_size(Path(weights).expanduser(), read[1], image_size)
     if not isinstance(module, nn.Module):
         raise SplitinvError(f"wrap_module takes an nn.Module, got a {type(module).__name__}.")
     if not isinstance(name, str) or not name:

@@ -584,7 +584,7 @@ def test_hook_validity_is_relative_to_the_output_scale() -> None:
 
 
 def _sweep_job(root: Path, name: str, cut: str, depth: float, ssim: float) -> Path:
-    from splitinv.results import RESULTS_FORMAT
+    from splitinv.results import RESULTS_FORMAT, write_digest
 
     job = root / name
     (job / ".hydra").mkdir(parents=True)
@@ -600,6 +600,7 @@ def _sweep_job(root: Path, name: str, cut: str, depth: float, ssim: float) -> Pa
         "details": {"cut": {"index": int(depth * 10), "relative_depth": depth}},
     }
     (job / "metrics.json").write_text(json.dumps(record))
+    write_digest(job / "metrics.json")  # as splitinv writes it
     gen = torch.Generator().manual_seed(int(depth * 10))
     save_images(
         job / "images.pt", torch.rand(2, 3, 8, 8, generator=gen), torch.rand(2, 3, 8, 8, generator=gen)

@@ -224,6 +224,7 @@ def _sweep_job(root: Path, name: str, cut: str, depth: float, seed: int) -> Path
         "details": {"cut": {"index": int(depth * 10), "relative_depth": depth}},
     }  # fmt: skip
     (job / "metrics.json").write_text(json.dumps(record))
+    results.write_digest(job / "metrics.json")  # as splitinv writes it
     gen = torch.Generator().manual_seed(seed)
     originals = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(0))  # the same eval images
     results.save_images(job / "images.pt", originals, torch.rand(4, 1, 16, 16, generator=gen))

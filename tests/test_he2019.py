@@ -421,7 +421,7 @@ def test_published_rows_sit_beside_ours_and_are_never_best(tmp_path):
     text = table(frame, rows="attack+aux_data+preset", cols="cut", metrics=["psnr", "ssim"])
     assert "| rmle/none/paper | 39.69 | 0.997 |" in text  # published, not bolded although highest PSNR
     assert "| rmle/none/splitinv | 45.00 | **0.990** |" not in text and "**45.00**" in text
-    with pytest.raises(SplitinvError, match="no published numbers named 'he2020': use one of he2019"):
+    with pytest.raises(SplitinvError, match="named 'he2020': use --published with one of he2019"):
         published("he2020")
 
 

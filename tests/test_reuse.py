@@ -98,9 +98,10 @@ def test_train_victim_refuses_zero_steps_and_divergence_and_fine_tunes(tmp_path)
         train_victim(compose(overrides, output_dir=tmp_path / "b", config_name="train_victim"))
     assert not (tmp_path / "a.pt").exists() and not (tmp_path / "b.pt").exists()
     start = _victim(tmp_path / "start.pt", 3)
+    # lr 1e-9 keeps the random start at chance accuracy: deliberately (allow_chance)
     out = train_victim(compose([*base, "trainer.max_epochs=1", "optim.lr=1e-9", f"victim.weights={start}",
-                                f"checkpoint={tmp_path / 'c.pt'}"], output_dir=tmp_path / "c",
-                               config_name="train_victim"))  # fmt: skip
+                                f"checkpoint={tmp_path / 'c.pt'}", "allow_chance=true"],
+                               output_dir=tmp_path / "c", config_name="train_victim"))  # fmt: skip
     assert out["fine_tuned_from"] == str(start)
     tuned = build_victim("he2019_mnist", weights=str(tmp_path / "c.pt"))
     original = build_victim("he2019_mnist", weights=str(start))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -49,10 +50,13 @@ def test_run_writes_every_result_file(tmp_path: Path) -> None:
         "decoder.pt",
         "images.pt",
         "metrics.json",
+        "metrics.json.sha256",  # its digest: table, plot, advise and reruns check it
         "reconstructions.pdf",
         "reconstructions.png",
         "samples.csv",
     ]
+    digest = hashlib.sha256((out / "metrics.json").read_bytes()).hexdigest()
+    assert (out / "metrics.json.sha256").read_text() == f"{digest}  metrics.json\n"
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["status"] == "ok"
     for name in ("ssim", "psnr", "feature_error", "label_agreement"):

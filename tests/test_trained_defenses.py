@@ -184,12 +184,20 @@ def test_adversarial_min_max_steps_have_the_right_signs(data) -> None:
     d = AdversarialDecoder(weight=100.0)
     the_split, adversary = _prepared(d, "layer2", data)
     x = next(iter(data.train_dataloader()))[0]
-    # the network's term is exactly -weight times the decoder's MSE: opposite gradients
+    # the network's term is exactly -weight times the decoder's MSE: opposite gradients. The two are float32
+    # sums taken in different orders (AVX2 and AVX-512/AMX kernels differ), so the tolerance is scaled to the
+    # gradients' magnitude (about 1e-6 to 1e-4 here), not an absolute 1e-9 below float32 rounding.
     h = the_split.head(x).detach().requires_grad_()
     (term,) = d.training_loss(x, h, adversary).values()
     (g_term,) = torch.autograd.grad(term, h)
     (g_mse,) = torch.autograd.grad(F.mse_loss(adversary(h), x), h)
-    assert torch.allclose(g_term, -100.0 * g_mse, rtol=1e-4, atol=1e-9)
+    expected = -100.0 * g_mse
+    scale = float(expected.abs().max())
+    assert scale > 0  # a zero gradient would make every comparison below vacuous
+    torch.testing.assert_close(g_term, expected, rtol=1e-4, atol=1e-5 * scale)
+    cosine = F.cosine_similarity(g_term.flatten(), g_mse.flatten(), dim=0)
+    assert float(cosine) < -1 + 1e-6  # opposite directions
+    assert float(g_term.norm() / g_mse.norm()) == pytest.approx(100.0, rel=1e-5)  # in the ratio weight
 
     head_before, decoder_before = copy.deepcopy(the_split.head).train(), copy.deepcopy(adversary).train()
 
@@ -335,7 +343,10 @@ def _command(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def trained_victim(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("victim")
-    return Path(train_victim(_compose("train_victim", out, "data.n_aux=128"))["checkpoint"])
+    # 4 steps leave it at chance accuracy: deliberately (allow_chance), the defense tests need only its shapes
+    return Path(
+        train_victim(_compose("train_victim", out, "data.n_aux=128", "allow_chance=true"))["checkpoint"]
+    )
 
 
 def test_the_command_writes_a_checkpoint_that_carries_the_defense(trained_victim, tmp_path: Path) -> None:

@@ -64,6 +64,7 @@ class ImageFolderDataModule(ImageDataModule):
     ``n_eval``); ``root`` then serves auxiliary images only. ``eval_list``: a text file naming the evaluation
     images, one per line (relative to ``root`` or absolute; ``#`` comments), the first ``n_eval`` in file
     order; they leave the auxiliary set. Labels of a separate folder follow ``root``'s class names.
+    ``role``: ``data`` or ``aux`` (``aux=imagefolder``), the settings its messages name.
     """
 
     NAME = "imagefolder"
@@ -81,8 +82,10 @@ class ImageFolderDataModule(ImageDataModule):
         augment: bool = True,
         eval_root: str | os.PathLike | None = None,
         eval_list: str | os.PathLike | None = None,
+        role: str = "data",
     ) -> None:
         super().__init__(image_size, channels, n_aux, n_eval, batch_size, num_workers, seed, augment)
+        self.role = str(role)  # the config group it came from (data, or aux=imagefolder): what messages name
         if eval_root is not None and eval_list is not None:
             raise SplitinvError("set one of data.eval_root (a folder) and data.eval_list (a file), not both.")
         self._root = Path(root).expanduser()
@@ -180,8 +183,9 @@ class ImageFolderDataModule(ImageDataModule):
             return np.asarray(ids), np.asarray([i for i in range(n) if i not in chosen])
         if self.n_eval >= n:
             raise SplitinvError(
-                f"imagefolder root {self._root} has {n} images, too few for n_eval={self.n_eval} "
-                "plus at least one auxiliary image: lower n_eval or add images"
+                f"{self.role}=imagefolder: {self.role}.root {self._root} has {n} image(s), too few for "
+                f"{self.role}.n_eval={self.n_eval} plus at least one auxiliary image: add images to "
+                f"{self.role}.root, or lower {self.role}.n_eval"
             )
         perm = _rng(self.seed, _EVAL_STREAM).permutation(n)
         return perm[: self.n_eval], perm[self.n_eval :]

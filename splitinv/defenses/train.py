@@ -36,7 +36,7 @@ from splitinv.defenses.base import Defense
 from splitinv.defenses.checkpoint import defense_label, defense_record, is_trained, read_defense
 from splitinv.defenses.nopeek import distance_correlation
 from splitinv.errors import SplitinvError
-from splitinv.io import save_atomic
+from splitinv.io import check_output_file, save_atomic
 from splitinv.split import Split, split
 from splitinv.task import hydra_command
 from splitinv.train_victim import ClassifierModule
@@ -163,6 +163,7 @@ def _victim(cfg: DictConfig, num_classes: int) -> Victim:
 
 def train_defense(cfg: DictConfig) -> dict[str, Any]:
     """Fine-tune ``cfg.victim`` cut at ``cfg.cut`` with ``cfg.defense`` on ``cfg.data``; save a checkpoint."""
+    check_output_file("checkpoint", cfg.get("checkpoint"))  # before any training
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     defense: Defense | None = instantiate(cfg.defense) if cfg.get("defense") else None
     if defense is None or defense.name == "none":

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from splitinv.config import instantiate
 from splitinv.errors import SplitinvError
 from splitinv.gans.dcgan import GAN_FORMAT, DCGANDiscriminator, DCGANGenerator
-from splitinv.io import save_atomic
+from splitinv.io import check_output_file, save_atomic
 from splitinv.task import hydra_command
 from splitinv.training import monitor
 
@@ -151,6 +151,7 @@ def save_gan(
 
 def train_gan(cfg: DictConfig) -> dict[str, Any]:
     """Train a DCGAN on ``cfg.data``'s auxiliary (training) split and save it; returns where and on what."""
+    check_output_file("checkpoint", cfg.get("checkpoint"))  # before any training
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
