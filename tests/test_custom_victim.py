@@ -148,9 +148,8 @@ def test_custom_factory_gets_num_classes_and_kwargs() -> None:
 
 
 def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's "Your own network" code (mynets.py, then the wrap_module call) is code that works."""
-    text = (TESTS.parent / "README.md").read_text()
-    section = text[text.index("## Your own network") :]
+    """docs/own-network.md's code (mynets.py, then the wrap_module call) is code that works."""
+    section = (TESTS.parent / "docs" / "own-network.md").read_text()
     blocks = section.split("```python")[1:3]
     module_code, usage = (block[: block.index("```")] for block in blocks)
     (tmp_path / "mynets.py").write_text(module_code)
@@ -163,7 +162,7 @@ def test_readme_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     (tmp_path / "outputs").mkdir()
     torch.save(victim.checkpoint(), tmp_path / "outputs" / "tiny.pt")
     try:
-        exec(compile(usage, "README.md", "exec"), {})
+        exec(compile(usage, "docs/own-network.md", "exec"), {})
     finally:
         sys.modules.pop("mynets", None)
 
