@@ -93,6 +93,7 @@ bogus.parent.mkdir(parents=True, exist_ok=True)
 bogus.write_bytes(b"not the weights")
 command("splitinv", "weights", "import", str(bogus), expect=2, shows="checksum")
 command("splitinv-train-victim", "recipe=he2019_mnist", "trainer.max_epochs=1", "data.n_aux=128",
+        "allow_chance=true",  # 128 images, one epoch: a smoke test of the command, not a trained network
         f"checkpoint={victim}", f"hydra.run.dir={OUT / 'victim'}", *FAST)  # fmt: skip
 command("splitinv-run", "victim=he2019_mnist", f"victim.weights={victim}", "data=mnist_mini", "cut=conv1",
         "attack=decoder", "attack.preset=he2019", "data.n_aux=64", "data.n_eval=4", "trainer.max_epochs=1",
