@@ -156,11 +156,10 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
             )
         if writer is not None:
             extra[writer.name] = lambda path: writer.move_into(path.parent)
-        if trainer.is_global_zero:
-            images = (ev.originals, ev.reconstructions)
-            config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-            results.write_run(out_dir, record, ev.per_image, images, config_yaml, extra_files=extra)
-            results.log_to_logger(logger, record, ev.per_image, sheets.first_sheet(out_dir))
+        images = (ev.originals, ev.reconstructions)  # only rank zero is here (the others returned above)
+        config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        results.write_run(out_dir, record, ev.per_image, images, config_yaml, extra_files=extra)
+        results.log_to_logger(logger, record, ev.per_image, sheets.first_sheet(out_dir))
     finally:
         if writer is not None:
             writer.discard()  # moved into the run folder by now, or a failed run's partial file
