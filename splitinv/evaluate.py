@@ -30,7 +30,7 @@ from torch import nn
 from splitinv import metrics
 from splitinv.attacks.base import Attack
 from splitinv.errors import SplitinvError
-from splitinv.io import load_file, save_atomic
+from splitinv.io import load_file, save_atomic, to_uint8
 from splitinv.progress import track
 from splitinv.split import Split
 
@@ -344,8 +344,8 @@ def evaluate(
         n += x.shape[0]
         room = keep - sum(t.shape[0] for t in kept_x)
         if room > 0:
-            kept_x.append(_as_uint8(x[:room]))
-            kept_hat.append(_as_uint8(x_hat[:room]))
+            kept_x.append(to_uint8(x[:room]))
+            kept_hat.append(to_uint8(x_hat[:room]))
     if n == 0:
         raise SplitinvError("the evaluation set is empty: set data.n_eval to at least 1.")
     if "lpips" not in columns:
@@ -363,11 +363,6 @@ def evaluate(
         extra=extra,
         attacked=attacked,
     )
-
-
-def _as_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] as uint8 on the CPU: a kept image costs a quarter of its float32 size."""
-    return (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def _load(

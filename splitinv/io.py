@@ -30,6 +30,12 @@ from splitinv.errors import SplitinvError
 CHECKSUM_KEY = "splitinv_sha256"
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] as uint8 on the CPU (rounded, clamped): how splitinv stores images it keeps or writes,
+    a quarter of their float32 size."""
+    return (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def _tensors(obj: Any, path: tuple = ()) -> Iterator[tuple[tuple, torch.Tensor]]:
     """Every tensor inside ``obj`` (nested dicts, lists, tuples) with its path of keys."""
     if isinstance(obj, torch.Tensor):

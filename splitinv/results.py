@@ -26,7 +26,7 @@ import torch
 
 from splitinv import metrics
 from splitinv.errors import ResultsExist, SplitinvError
-from splitinv.io import load_file, save_atomic
+from splitinv.io import load_file, save_atomic, to_uint8
 from splitinv.sheets import is_sheet, sheet_title, write_sheets
 
 log = logging.getLogger(__name__)
@@ -43,10 +43,7 @@ _OLD_GRID = "grid.png"  # what earlier versions wrote instead of the sheets: rem
 
 def save_images(path: str | Path, originals: torch.Tensor, reconstructions: torch.Tensor) -> None:
     """The sheets' images as uint8 tensors, for figures that put several runs side by side."""
-    as_uint8 = [
-        (t.float().cpu().clamp(0, 1) * 255).round().to(torch.uint8) for t in (originals, reconstructions)
-    ]
-    save_atomic({"originals": as_uint8[0], "reconstructions": as_uint8[1]}, path)
+    save_atomic({"originals": to_uint8(originals), "reconstructions": to_uint8(reconstructions)}, path)
 
 
 def load_images(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +79,7 @@ class ReconstructionWriter:
 
     def add(self, index: Any, x_hat: torch.Tensor) -> None:
         """One batch of reconstructions in [0, 1] (B, C, H, W) and their evaluation indices."""
-        pixels = (x_hat.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+        pixels = to_uint8(x_hat)
         if self.fmt == "uint8":
             if self._array is None:
                 from numpy.lib.format import open_memmap
