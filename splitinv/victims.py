@@ -135,10 +135,6 @@ def available_victims() -> list[str]:
     return sorted(set(torchvision_names()) | set(timm.list_models()) | set(VICTIMS.names()))
 
 
-def _timm() -> Any:
-    return timm_without_wandb()  # without W&B (splitinv.imports)
-
-
 def _resolve_family(name: str) -> tuple[str, str]:
     """``resnet18`` -> (torchvision, resnet18); ``timm/resnet18`` or a timm-only name -> (timm, name).
 
@@ -150,7 +146,7 @@ def _resolve_family(name: str) -> tuple[str, str]:
         family, name = "torchvision", name.split("/", 1)[1]
     elif name in torchvision_names():
         return "torchvision", name
-    elif _timm().is_model(name):
+    elif timm_without_wandb().is_model(name):
         family = "timm"
     else:
         close = difflib.get_close_matches(name, available_victims(), n=3, cutoff=0.6)
@@ -161,7 +157,7 @@ def _resolve_family(name: str) -> tuple[str, str]:
         )
     if family == "torchvision" and name not in torchvision_names():
         raise SplitinvError(f"unknown torchvision classifier {name!r}; list them with `splitinv victims`.")
-    if family == "timm" and not _timm().is_model(name):
+    if family == "timm" and not timm_without_wandb().is_model(name):
         raise SplitinvError(f"unknown timm model {name!r}; list them with `splitinv victims --timm`.")
     return family, name
 
