@@ -36,7 +36,6 @@ import json
 import os
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -319,7 +318,7 @@ def main() -> None:
             if part in parts:
                 started = time.perf_counter()
                 function(args, work)
-                print(f"   ({statistics.fmean([time.perf_counter() - started]):.0f} s)")
+                print(f"   ({time.perf_counter() - started:.0f} s)")
     print(machine(args.device))
 
 
