@@ -7,7 +7,10 @@ scores on the same images under the same contract.
   only for attackers with auxiliary data (a data-free run reads no auxiliary image).
 - ``lowpass4``, ``lowpass8``: the original itself, average-pooled to 4x4 / 8x8 and upsampled bilinearly: the
   coarse layout and colours, no detail. A reconstruction that does not beat ``lowpass4`` recovered little more
-  than the colours of a 4x4 grid; every run records the fraction that does (``beats_lowpass4``).
+  than the colours of a 4x4 grid; every run records the fraction that does (``beats_lowpass4``), and the
+  fraction that beats grey (``beats_grey``).
+
+:func:`verdict` turns the two fractions into the one word every console line, table and advisor row shows.
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ from splitinv import metrics
 NAMES = ("grey", "mean", "lowpass4", "lowpass8")
 SCORED = ("ssim", "psnr", "lpips")
 MEAN_IMAGES = 512  # auxiliary images averaged for the mean image (a fixed prefix: deterministic, cheap)
+# A result "leaks" when most of its images beat their own trivial reconstruction (a paired, per-image test).
+MAJORITY = 0.5
+LEAKS = "leaks"
+NO_BETTER_THAN_LOWPASS = "no better than a low-pass image"
+NO_BETTER_THAN_GREY = "no better than grey"
+UNSCORED = "unscored"
+VERDICTS = (LEAKS, NO_BETTER_THAN_LOWPASS, NO_BETTER_THAN_GREY, UNSCORED)
 
 
 def lowpass(x: Tensor, side: int) -> Tensor:
@@ -83,3 +93,22 @@ def score(
 def beats(ssim: Iterable[float], index: Iterable[int], reference: dict[int, float]) -> list[float]:
     """1.0 per image whose reconstruction SSIM is above its ``reference`` (lowpass4) SSIM, else 0.0."""
     return [float(s > reference[int(i)]) for s, i in zip(ssim, index, strict=True)]
+
+
+def verdict(beats_grey: float | None, beats_lowpass4: float | None) -> str:
+    """One word for a result from the fractions of images whose SSIM beats their grey / 4x4 low-pass
+    reconstruction (means over images, or over images and seeds): ``leaks`` when more than half beat the
+    low-pass, ``no better than a low-pass image`` when more than half beat only grey, ``no better than grey``
+    otherwise; ``unscored`` when the baselines were not scored (``baselines: false``) or a fraction is NaN."""
+    if (
+        beats_grey is None
+        or beats_lowpass4 is None
+        or beats_grey != beats_grey
+        or beats_lowpass4 != beats_lowpass4
+    ):
+        return UNSCORED
+    if beats_lowpass4 > MAJORITY:
+        return LEAKS
+    if beats_grey > MAJORITY:
+        return NO_BETTER_THAN_LOWPASS
+    return NO_BETTER_THAN_GREY

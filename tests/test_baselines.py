@@ -32,6 +32,24 @@ def test_lowpass_keeps_the_coarse_layout_and_drops_detail() -> None:
     assert float(baselines.lowpass(halves, 4)[..., :2].max()) < 0.1  # the layout survives
 
 
+@pytest.mark.parametrize(
+    ("beats_grey", "beats_lowpass4", "expected"),
+    [
+        (1.0, 0.75, "leaks"),
+        (1.0, 0.5, "no better than a low-pass image"),  # half is not a majority
+        (0.51, 0.0, "no better than a low-pass image"),
+        (0.5, 0.0, "no better than grey"),
+        (0.0, 0.0, "no better than grey"),
+        (None, 0.9, "unscored"),
+        (float("nan"), 0.9, "unscored"),
+    ],
+)
+def test_the_verdict_needs_a_majority_of_images_above_each_baseline(
+    beats_grey: float | None, beats_lowpass4: float, expected: str
+) -> None:
+    assert baselines.verdict(beats_grey, beats_lowpass4) == expected
+
+
 def test_scores_are_the_contract_applied_to_the_trivial_images() -> None:
     data = FashionMNISTDataModule(vendored=True, image_size=32, n_eval=5, batch_size=3)
     x = torch.stack([data.eval_dataset()[i][0] for i in range(5)])
