@@ -8,7 +8,7 @@ scores on the same images under the same contract.
 - ``lowpass4``, ``lowpass8``: the original itself, average-pooled to 4x4 / 8x8 and upsampled bilinearly: the
   coarse layout and colours, no detail. A reconstruction that does not beat ``lowpass4`` recovered little more
   than the colours of a 4x4 grid; every run records the fraction that does (``beats_lowpass4``), and the
-  fraction that beats grey (``beats_grey``).
+  fraction that beats grey (``beats_grey``): by more than ``MARGIN`` SSIM on the same image.
 
 :func:`verdict` turns the two fractions into the one word every console line, table and advisor row shows.
 """
@@ -29,6 +29,9 @@ SCORED = ("ssim", "psnr", "lpips")
 MEAN_IMAGES = 512  # auxiliary images averaged for the mean image (a fixed prefix: deterministic, cheap)
 # A result "leaks" when most of its images beat their own trivial reconstruction (a paired, per-image test).
 MAJORITY = 0.5
+# SSIM a reconstruction must gain over its image's trivial reconstruction to beat it: a flat output a hair off
+# 0.5 (an untrained decoder) scores about 1e-4 above grey on every image, which beats nothing
+MARGIN = 0.01
 LEAKS = "leaks"
 NO_BETTER_THAN_LOWPASS = "no better than a low-pass image"
 NO_BETTER_THAN_GREY = "no better than grey"
@@ -70,11 +73,11 @@ def mean_image(dataset: Any, limit: int = MEAN_IMAGES) -> Tensor | None:
 
 def score(
     batches: Iterable[Any], mean: Tensor | None, lpips: str = "auto", device: torch.device | str = "cpu"
-) -> tuple[dict[str, dict[str, list[float]]], dict[int, float]]:
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[int, float]]]:
     """Per-image SSIM, PSNR and LPIPS of every trivial reconstruction over ``batches`` of (image, label,
-    index): ({name: {metric: values}}, {evaluation index: lowpass4 SSIM})."""
+    index): ({name: {metric: values}}, {name: {evaluation index: SSIM}})."""
     columns: dict[str, dict[str, list[float]]] = {}
-    lowpass4_ssim: dict[int, float] = {}
+    ssim_by_index: dict[str, dict[int, float]] = {}
     n = 0
     for batch in batches:
         x = batch[0].to(device).float()
@@ -85,14 +88,17 @@ def score(
             for key in SCORED:
                 if scores.get(key) is not None:
                     columns.setdefault(name, {}).setdefault(key, []).extend(scores[key].tolist())
-            if name == "lowpass4":
-                lowpass4_ssim.update(zip((int(i) for i in index), scores["ssim"].tolist(), strict=True))
-    return columns, lowpass4_ssim
+            ssim = zip((int(i) for i in index), scores["ssim"].tolist(), strict=True)
+            ssim_by_index.setdefault(name, {}).update(ssim)
+    return columns, ssim_by_index
 
 
-def beats(ssim: Iterable[float], index: Iterable[int], reference: dict[int, float]) -> list[float]:
-    """1.0 per image whose reconstruction SSIM is above its ``reference`` (lowpass4) SSIM, else 0.0."""
-    return [float(s > reference[int(i)]) for s, i in zip(ssim, index, strict=True)]
+def beats(
+    ssim: Iterable[float], index: Iterable[int], reference: dict[int, float], margin: float = MARGIN
+) -> list[float]:
+    """1.0 per image whose reconstruction SSIM is more than ``margin`` above its ``reference`` (grey,
+    lowpass4) SSIM, else 0.0."""
+    return [float(s > reference[int(i)] + margin) for s, i in zip(ssim, index, strict=True)]
 
 
 def verdict(beats_grey: float | None, beats_lowpass4: float | None) -> str:

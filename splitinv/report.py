@@ -172,8 +172,10 @@ def collect(sweep_dir: str | Path, *, trust_edited: bool = False) -> pd.DataFram
         row["utility_agreement"] = math.nan if utility.get("agreement") is None else utility["agreement"]
         test = rec.get("utility_test") or {}
         row["utility_test"] = math.nan if test.get("accuracy") is None else test["accuracy"]
-        beats = rec.get("beats_lowpass4")
-        row["beats_lowpass4"] = beats["mean"] if isinstance(beats, dict) else math.nan
+        for name in ("beats_grey", "beats_lowpass4"):
+            beats = rec.get(name)
+            row[name] = beats["mean"] if isinstance(beats, dict) else math.nan
+        row["verdict"] = rec.get("verdict", "unscored")
         for name, scores in (rec.get("baselines") or {}).items():
             for metric, value in (scores or {}).items():
                 row[f"{name}_{metric}"] = value["mean"] if isinstance(value, dict) else math.nan

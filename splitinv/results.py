@@ -317,15 +317,22 @@ def build_record(
     defense's name and the value of its swept knob. ``utility``: what the defended split still does on the
     evaluation images (accuracy, agreement with the undefended network, n), or None; ``utility_test`` the
     same on the data's whole test split, where it has one. ``baselines``: the trivial reconstructions'
-    scores on the same images ({name: {metric: summary}}, :mod:`splitinv.baselines`). ``precision``: what
-    the attack's training and Lightning loops ran in (``32-true``, ``bf16-mixed``: the trainer's, resolved).
+    scores on the same images ({name: {metric: summary}}, :mod:`splitinv.baselines`); ``verdict`` follows
+    from the per-image ``beats_grey`` / ``beats_lowpass4`` columns (:func:`splitinv.baselines.verdict`).
+    ``precision``: what the attack's training and Lightning loops ran in (``32-true``, ``bf16-mixed``: the
+    trainer's, resolved).
     """
+    from splitinv.baselines import verdict
     from splitinv.config import versions
 
+    scores = summary(per_image)
+    fractions = [(scores.get(k) or {}).get("mean") for k in ("beats_grey", "beats_lowpass4")]
     return {
         "format": RESULTS_FORMAT,
         "status": "ok",
-        **summary(per_image),
+        **scores,
+        # leaks / no better than a low-pass image / no better than grey (unscored without baselines)
+        "verdict": verdict(*fractions),
         "victim": victim,
         "weights": weights,
         "cut": cut,  # resolved for this victim; cut_spec keeps what was asked (stage:2, depth:0.5, ...)

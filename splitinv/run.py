@@ -148,6 +148,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
             aux=None if aux_datamodule is datamodule else aux_datamodule, precision=str(trainer.precision),
         )  # fmt: skip
         record["inputs"] = inputs  # the input files' digests: a changed file reruns the job
+        _warn_below_grey(record, attack, other_aux=aux_datamodule is not datamodule)
         record["sheet_indices"] = ev.per_image["index"][:n_sheet]  # the images on the sheets and images.pt
         extra = dict(attack.artifacts())
         if n_sheet:
@@ -245,7 +246,8 @@ def _baselines(
     device: torch.device,
 ) -> Any:
     """Trivial reconstructions (grey, mean auxiliary image, 4x4 / 8x8 low-pass) scored on the same
-    evaluation images (``baselines: true``); adds the per-image ``beats_lowpass4`` column to ``ev``.
+    evaluation images (``baselines: true``); adds the per-image ``beats_grey`` and ``beats_lowpass4`` columns
+    to ``ev``.
     The mean auxiliary image (of the attacker's auxiliary data) only where the attacker has auxiliary data:
     a data-free run reads none."""
     if not cfg.get("baselines", True):
@@ -254,8 +256,11 @@ def _baselines(
 
     has_data = attack.knowledge.aux_data != "none"
     mean = baselines.mean_image(aux_datamodule.aux_dataset()) if has_data else None
-    columns, lowpass4 = baselines.score(datamodule.predict_dataloader(), mean, lpips=cfg.lpips, device=device)
-    ev.per_image["beats_lowpass4"] = baselines.beats(ev.per_image["ssim"], ev.per_image["index"], lowpass4)
+    columns, ssim = baselines.score(datamodule.predict_dataloader(), mean, lpips=cfg.lpips, device=device)
+    for name in ("grey", "lowpass4"):
+        ev.per_image[f"beats_{name}"] = baselines.beats(
+            ev.per_image["ssim"], ev.per_image["index"], ssim[name]
+        )
     return {name: results.summary(values) for name, values in columns.items()}
 
 
@@ -462,11 +467,33 @@ def _record(
     )
 
 
+def _warn_below_grey(record: dict[str, Any], attack: Attack, other_aux: bool) -> None:
+    """One warning (recorded in ``warnings`` too) when most reconstructions do not beat a flat grey image:
+    the attack learned nothing at this budget, and the settings that raise it."""
+    from splitinv.baselines import NO_BETTER_THAN_GREY
+
+    if record.get("verdict") != NO_BETTER_THAN_GREY:
+        return
+    beats = record["beats_grey"]
+    settings = [s.replace("data.n_aux", "aux.n_aux") if other_aux else s for s in attack.budget]
+    advice = f"raise {', '.join(settings)}" if settings else "give it a larger budget"
+    text = (
+        f"{attack.name}: {beats['mean'] * beats['n']:.0f} of {beats['n']} reconstructions beat a flat grey "
+        f"image (SSIM): it learned nothing at this budget; {advice}"
+    )
+    log.warning("%s", text)
+    record["warnings"].append(text)
+
+
 def _summary(record: dict[str, Any], cfg: DictConfig) -> str:
     numbers = ", ".join(
         f"{n} {record[n]['mean']:.4f}" if record.get(n) else f"{n} n/a" for n in ("lpips", "ssim", "psnr")
     )
-    return f"{record['attack']} {record['victim']} @ {record['cut']}: {numbers} -> {cfg.paths.output_dir}"
+    verdict = record.get("verdict", "unscored")
+    return (
+        f"{record['attack']} {record['victim']} @ {record['cut']}: {numbers} ({verdict}) -> "
+        f"{cfg.paths.output_dir}"
+    )
 
 
 def expand_cut_sweep(argv: list[str]) -> list[str]:

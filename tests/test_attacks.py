@@ -297,6 +297,27 @@ def test_nan_loss_is_a_clear_error() -> None:
     assert "\n" not in str(err.value)
 
 
+ZERO_GRADIENT = [  # the issue's case: He et al.'s preset starts a random-weight BatchNorm ResNet at 0
+    "victim=resnet18", "victim.image_size=32", "data=fashion_mnist_mini", "data.n_eval=2", "attack=rmle",
+    "attack.preset=he2019", "attack.steps=30", "cut=layer1", "logger=csv", "lpips=off", "utility_test=false",
+    "attack.progress=false",
+]  # fmt: skip
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_start_with_a_zero_gradient_stops_in_one_line_and_noise_starts_it(tmp_path: Path) -> None:
+    with pytest.raises(SplitinvError, match="gradient is exactly zero at the start image for 2 of 2") as err:
+        run(compose(ZERO_GRADIENT, output_dir=tmp_path / "mean"))
+    assert "\n" not in str(err.value) and "attack.init=noise" in str(err.value)
+    assert not (tmp_path / "mean" / "metrics.json").exists()
+    # the fix the message names: the preset's other settings, from a noisy start, move the image
+    noisy = [*ZERO_GRADIENT, "attack.init=noise", "attack.steps=5"]
+    record = run(compose(noisy, output_dir=tmp_path / "noise"))
+    images = torch.load(tmp_path / "noise" / "images.pt")["reconstructions"].float()
+    assert record["details"]["attack"]["init"] == "noise" and record["details"]["attack"]["eps"] == 1e-3
+    assert float(images.flatten(1).std(1).min()) > 0
+
+
 # ----------------------------------------------------------------------------------- on a trained victim
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ from splitinv import baselines, metrics
 from splitinv.config import compose
 from splitinv.data import FashionMNISTDataModule
 from splitinv.report import collect, table
-from splitinv.run import run
+from splitinv.run import _summary, run
 
 TINY = [
     "victim=resnet18", "victim.image_size=32", "data=fashion_mnist_mini", "data.n_aux=64",
@@ -54,16 +55,19 @@ def test_scores_are_the_contract_applied_to_the_trivial_images() -> None:
     data = FashionMNISTDataModule(vendored=True, image_size=32, n_eval=5, batch_size=3)
     x = torch.stack([data.eval_dataset()[i][0] for i in range(5)])
     mean = baselines.mean_image(data.aux_dataset())
-    columns, lowpass4 = baselines.score(data.predict_dataloader(), mean, lpips="off")
+    columns, ssim = baselines.score(data.predict_dataloader(), mean, lpips="off")
     assert set(columns) == {"grey", "mean", "lowpass4", "lowpass8"}
     grey = metrics.ssim(x, torch.full_like(x, 0.5))
     assert columns["grey"]["ssim"] == pytest.approx(grey.tolist(), abs=1e-6)
     low = metrics.psnr(x, baselines.lowpass(x, 8))
     assert columns["lowpass8"]["psnr"] == pytest.approx(low.tolist(), abs=1e-4)
-    assert lowpass4 == pytest.approx(dict(enumerate(columns["lowpass4"]["ssim"])))
+    for name in ("grey", "lowpass4"):
+        assert ssim[name] == pytest.approx(dict(enumerate(columns[name]["ssim"])))
     # more resolution, more of the image: 8x8 beats 4x4 on every image
     assert all(a > b for a, b in zip(columns["lowpass8"]["ssim"], columns["lowpass4"]["ssim"], strict=True))
     assert baselines.beats([0.9, 0.1], [0, 1], {0: 0.5, 1: 0.5}) == [1.0, 0.0]
+    # an untrained decoder's flat output a hair above grey beats nothing
+    assert baselines.beats([0.5 + baselines.MARGIN / 2, 0.52], [0, 1], {0: 0.5, 1: 0.5}) == [0.0, 1.0]
 
 
 def test_the_mean_image_leaves_the_global_random_stream_alone() -> None:
@@ -77,16 +81,30 @@ def test_the_mean_image_leaves_the_global_random_stream_alone() -> None:
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_every_run_records_the_baselines_and_they_change_no_number(tmp_path: Path) -> None:
-    record = run(compose(TINY, output_dir=tmp_path / "on"))
-    plain = run(compose([*TINY, "baselines=false"], output_dir=tmp_path / "off"))
+def test_every_run_records_the_baselines_and_they_change_no_number(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="splitinv.run"):
+        # one optimiser step: the decoder's output is flat, about grey
+        record = run(compose([*TINY, "trainer.max_steps=1"], output_dir=tmp_path / "on"))
+        plain = run(compose([*TINY, "trainer.max_steps=1", "baselines=false"], output_dir=tmp_path / "off"))
     for name in ("ssim", "psnr", "feature_error", "label_agreement"):
         assert record[name] == plain[name], name
     assert set(record["baselines"]) == {"grey", "mean", "lowpass4", "lowpass8"}
     assert record["baselines"]["grey"]["ssim"]["n"] == 6 and plain["baselines"] is None
     samples = pd.read_csv(tmp_path / "on" / "samples.csv")
-    assert set(samples["beats_lowpass4"]) <= {0.0, 1.0}
-    assert record["beats_lowpass4"]["mean"] == pytest.approx(samples["beats_lowpass4"].mean())
+    for name in ("beats_grey", "beats_lowpass4"):
+        assert set(samples[name]) <= {0.0, 1.0}
+        assert record[name]["mean"] == pytest.approx(samples[name].mean())
+    # the decoder learned nothing, and the run says so
+    assert record["verdict"] == baselines.verdict(
+        record["beats_grey"]["mean"], record["beats_lowpass4"]["mean"]
+    )
+    assert record["verdict"] == baselines.NO_BETTER_THAN_GREY and plain["verdict"] == baselines.UNSCORED
+    warned = [r.getMessage() for r in caplog.records if "flat grey image" in r.getMessage()]
+    assert len(warned) == 1 and "raise trainer.max_epochs, data.n_aux" in warned[0]
+    assert warned[0] in record["warnings"] and not any("grey" in w for w in plain["warnings"])
+    assert f"({baselines.NO_BETTER_THAN_GREY}) -> " in _summary(record, compose(TINY, output_dir=tmp_path))
     saved = json.loads((tmp_path / "on" / "metrics.json").read_text())
     assert saved["baselines"]["lowpass4"]["ssim"]["mean"] > saved["baselines"]["grey"]["ssim"]["mean"]
     text = table(

@@ -192,6 +192,9 @@ class Attack(ABC):
     # True for attacks that learn from (image, observation) pairs only: the run may feed them cached
     # observations (the activation cache) instead of querying the device every epoch.
     learns_from_observations: bool = False
+    # the settings that give it more budget (more steps, data, epochs): named in the run's warning when its
+    # reconstructions do not beat a flat grey image
+    budget: tuple[str, ...] = ()
 
     def fit(self, context: AttackContext) -> dict[str, Any]:
         """Learn from, or keep, what ``context`` offers; returns training statistics (empty when none)."""

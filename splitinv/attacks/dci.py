@@ -424,6 +424,7 @@ class DCIAttack(Attack):
     """Data-free divide-and-conquer inversion: synthetic images, per-block inverters, cycle-consistency."""
 
     name = "dci"
+    budget = ("trainer.max_epochs", "attack.synth_images", "attack.synth_iterations")
 
     def __init__(
         self,

@@ -133,6 +133,7 @@ class DecoderAttack(Attack):
 
     name = "decoder"
     learns_from_observations = True  # (image, observation) pairs only: the activation cache can feed it
+    budget = ("trainer.max_epochs", "data.n_aux")  # aux.n_aux for another auxiliary set
 
     def __init__(
         self,

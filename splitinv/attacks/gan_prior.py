@@ -67,6 +67,7 @@ class GANPriorAttack(Attack):
     """
 
     per_image = True
+    budget = ("attack.steps", "attack.restarts")
 
     def __init__(
         self,

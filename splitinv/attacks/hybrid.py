@@ -26,6 +26,7 @@ class HybridAttack(OptimizationAttack):
     """Decoder first (trained here, or loaded from ``decoder_checkpoint``), then per-image optimisation."""
 
     name = "hybrid"
+    budget = ("attack.steps", "trainer.max_epochs", "data.n_aux")  # aux.n_aux for another auxiliary set
 
     def __init__(
         self,

@@ -219,6 +219,23 @@ def expected_feature_loss(
     return feature_loss(model(x.repeat(tile)), target.repeat(reps), kind).view(samples, b).mean(0)
 
 
+def _check_gradient(grad: Tensor | None, loss: Tensor, name: str) -> None:
+    """A one-line error when an image with a non-zero loss has an exactly zero gradient at the start: Adam
+    would never move it (e.g. a random-weight BatchNorm network whose normalised input is all zero, the mean
+    image He et al.'s code starts from: every ReLU before the cut sees 0, where its gradient is 0)."""
+    if grad is None:
+        return
+    positive = loss.reshape(-1) > 0 if loss.numel() == grad.shape[0] else loss.sum() > 0
+    dead = (grad.flatten(1).abs().amax(1) == 0) & positive
+    if bool(dead.any()):
+        raise SplitinvError(
+            f"{name}: the gradient is exactly zero at the start image for {int(dead.sum())} of "
+            f"{dead.numel()} images (no ReLU before the cut passes it there, e.g. a random-weight BatchNorm "
+            "network started from its mean image, as attack.preset=he2019 does), so the image would never "
+            "change: start from noise with attack.init=noise, or use a trained victim."
+        )
+
+
 def optimize(
     head: nn.Module,
     target: Tensor,
@@ -311,6 +328,8 @@ def optimize(
                         total = total + s.bn_weight * bn
                 opt.zero_grad(set_to_none=True)
                 total.backward()
+                if step == 0:
+                    _check_gradient(z.grad, loss.detach(), name)
                 opt.step()
                 if sched is not None:
                     sched.step()
@@ -343,6 +362,7 @@ class OptimizationAttack(Attack):
 
     name = "optimize"
     per_image = True
+    budget = ("attack.steps", "attack.lr")
 
     def __init__(
         self,
@@ -488,7 +508,8 @@ class OptimizationAttack(Attack):
         current.update(values, betas=tuple(values["betas"]), steps=self.settings.steps, lr=self.settings.lr)
         self.settings = OptimizeSettings(**current)
         self.schedules = {k: dict(v) for k, v in HE2019_SCHEDULES.items()}
-        self.init = "mean"
+        if self.init != "noise":  # attack.init=noise: a start with a gradient where the mean image has none
+            self.init = "mean"
 
     def _initial(
         self, features: Tensor, index: Tensor, shape: tuple[int, ...], device: torch.device
