@@ -361,7 +361,7 @@ def build_record(
 
 def summary(per_image: dict[str, list[float]]) -> dict[str, Any]:
     """The contract's numbers (mean, std, n) for every scored column; null for an unavailable metric."""
-    scored = {k: v for k, v in per_image.items() if k not in ("index", "label")}
+    scored = {k: v for k, v in per_image.items() if k not in ("index", "label", "image")}
     return metrics.summarize({k: (v if len(v) else None) for k, v in scored.items()})
 
 

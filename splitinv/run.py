@@ -135,6 +135,9 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
             keep=n_sheet,  # the first n_sheet evaluation images go on the sheets; the rest are let go
             sink=writer.add if writer is not None else None,
         )
+        names = datamodule.eval_names()  # samples.csv names each image: its file, or its dataset id
+        index = ev.per_image.pop("index")
+        ev.per_image = {"index": index, "image": [names[int(i)] for i in index], **ev.per_image}
         if sharded is not None:  # what the ranks attacked, not what rank zero then loaded
             ev.attacked, ev.seconds = sharded
             ev.extra.update(attacked=sharded[0], skipped=ev.images - sharded[0])

@@ -93,6 +93,9 @@ def test_every_run_records_the_baselines_and_they_change_no_number(
     assert set(record["baselines"]) == {"grey", "mean", "lowpass4", "lowpass8"}
     assert record["baselines"]["grey"]["ssim"]["n"] == 6 and plain["baselines"] is None
     samples = pd.read_csv(tmp_path / "on" / "samples.csv")
+    data = record["details"]["data"]  # each image named: its position in Fashion-MNIST's test split
+    assert list(samples["image"]) == [f"test/{data['eval_ids'][i]}" for i in samples["index"]]
+    assert data["eval_names"] == [f"test/{i}" for i in data["eval_ids"]] and "image" not in record
     for name in ("beats_grey", "beats_lowpass4"):
         assert set(samples[name]) <= {0.0, 1.0}
         assert record[name]["mean"] == pytest.approx(samples[name].mean())

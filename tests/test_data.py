@@ -62,6 +62,8 @@ def test_photos_split_by_source_photo():
         assert {dm.photo_names[i] for i in eval_labels} <= eval_photos
         assert not {dm.photo_names[i] for i in aux_labels} & eval_photos
         assert not set(dm.aux_ids) & set(dm.eval_ids)
+        # each crop named by its photo (its label is the photo's id)
+        assert dm.eval_names() == [dm.photo_names[i] for i in _stack(dm.eval_dataset())[1]]
 
 
 def test_photos_eval_fixed_by_seed():
@@ -186,6 +188,9 @@ def test_imagefolder_splits(tmp_path):
     _check_images(_stack(aux)[0], 3, 16)
     assert torch.equal(x, _stack(ev)[0])  # no randomness in evaluation transforms
     assert idx == [0, 1, 2, 3] and y == [dm.samples[i][1] for i in dm.eval_ids]
+    # each evaluation image named by its file, relative to the root, in item order
+    assert dm.eval_names() == [str(Path(dm.samples[i][0]).relative_to(tmp_path)) for i in dm.eval_ids]
+    assert all(n.startswith(("cat/", "dog/")) for n in dm.eval_names())
     for image, label in zip(x, y, strict=False):
         if label == 1:  # grayscale PNGs
             assert torch.equal(image[0], image[1]) and torch.equal(image[1], image[2])

@@ -149,7 +149,7 @@ def _unknown(kind: str, name: str, valid: Sequence[str]) -> SplitinvError:
 
 
 # describe() keys that say which images are evaluated, not which are auxiliary (aux_describe drops them)
-EVAL_ONLY_KEYS = ("n_eval", "eval_hash", "eval_ids", "eval_root", "eval_list", "eval_photos")
+EVAL_ONLY_KEYS = ("n_eval", "eval_hash", "eval_ids", "eval_names", "eval_root", "eval_list", "eval_photos")
 
 
 class _TensorImages(Dataset):
@@ -262,6 +262,13 @@ class ImageDataModule(L.LightningDataModule):
         assert self._eval is not None
         return self._eval
 
+    def eval_names(self) -> list[str]:
+        """A name per evaluation item, in item order (samples.csv's ``image``): the file it was read from,
+        relative to the data's root, or its id in its source (``test/1234``: a dataset's test item 1234)."""
+        self.setup()
+        return [str(k) if isinstance(k, str) else f"{self.name}/{k[-1] if isinstance(k, list) else k}"
+                for k in self._eval_keys]  # fmt: skip
+
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
@@ -308,6 +315,7 @@ class ImageDataModule(L.LightningDataModule):
         }
         if len(self.eval_ids) <= 1000:
             info["eval_ids"] = list(self.eval_ids)
+            info["eval_names"] = self.eval_names()  # samples.csv's image column, in its order of indices
         return info
 
     def aux_describe(self) -> dict[str, Any]:
@@ -386,6 +394,10 @@ class _SplitDataModule(ImageDataModule):
         self._aux = _TensorImages(
             x_train, y_train, aux_ids, self.image_size, self.channels, flip=self.augment
         )
+
+    def eval_names(self) -> list[str]:
+        self.setup()
+        return [f"test/{i}" for i in self.eval_ids]
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

@@ -238,6 +238,11 @@ class PhotosDataModule(ImageDataModule):
     def root(self) -> str:
         return "builtin:skimage.data+sklearn.datasets"
 
+    def eval_names(self) -> list[str]:
+        """The photo each evaluation crop was cut from (several crops may share one)."""
+        self.setup()
+        return [str(key[0]) for key in self._eval_keys]
+
     @cached_property
     def eval_photos(self) -> list[str]:
         """Names of the evaluation photos (the seed's choice of whole groups)."""
