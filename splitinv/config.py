@@ -206,6 +206,28 @@ def config_groups(config_module: str = CONFIG_MODULE) -> dict[str, list[str]]:
     }
 
 
+def help_groups(config_module: str = CONFIG_MODULE) -> str:
+    """``--help``'s group lines (``group: option, ...``, nested groups too), without the shared bases that
+    start with ``_`` (attack/_base, attack/_optimize: inherited, never chosen) and Hydra's own groups."""
+    lines: list[tuple[str, str]] = []
+
+    def walk(folder: Any, group: str) -> None:
+        options = sorted(
+            p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml") and p.name[0] != "_"
+        )
+        if group and options:
+            lines.append((group, f"{group}: {', '.join(options)}"))
+        for sub in sorted(folder.iterdir(), key=lambda p: p.name):
+            if sub.is_dir() and sub.name not in ("hydra", "__pycache__"):
+                walk(sub, f"{group}/{sub.name}" if group else sub.name)
+
+    walk(importlib.resources.files(config_module), "")
+    return "\n".join(line for _, line in sorted(lines))
+
+
+OmegaConf.register_new_resolver("splitinv.help_groups", help_groups, replace=True)
+
+
 def check_group_choices(argv: Sequence[str]) -> None:
     """Refuse an unknown group option (``data=imagenett``) in one line, before Hydra's multi-line error."""
     groups = config_groups()

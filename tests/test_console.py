@@ -66,3 +66,18 @@ def test_a_run_prints_warnings_once_on_one_line_and_one_wandb_hint(
     run_dir = Path(hints[0].split("(", 1)[1].split(")", 1)[0])
     assert run_dir.parent == out / "wandb" and run_dir.is_dir()
     assert captured.out.strip().splitlines()[-1].startswith("decoder resnet18 @ layer1:")  # the result line
+
+
+def test_help_lists_the_options_a_user_can_choose_not_the_shared_bases(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from splitinv.run import main
+
+    monkeypatch.setattr(sys, "argv", ["splitinv-run", "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    out = capsys.readouterr().out
+    assert exit_.value.code in (0, None)
+    assert "\nattack: dci, decoder, gan_prior, hybrid, mahendran, rmle\n" in out  # no _base, _optimize
+    assert "\nexperiment/he2019_setting: inverse_random_paper," in out and "victim: " in out
+    assert "_base" not in out and "_optimize" not in out and "\nseed: 0\n" in out  # the config follows
