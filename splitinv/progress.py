@@ -94,6 +94,10 @@ def rate_text(rate: float) -> str:
     return f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
 
 
+# where a LightningModule keeps its loss monitor (splitinv.training.monitor), read by the progress lines
+LOSS_MONITOR = "_loss_monitor"
+
+
 def _postfix(values: Mapping[str, Any]) -> str:
     parts = []
     for name, value in values.items():
@@ -369,8 +373,14 @@ class _LogLines:
 
     def _values(self, trainer: L.Trainer) -> dict[str, float]:
         """The progress bar's values as host floats (the loops log them there as CPU tensors), and
-        ``train/loss`` from the callback metrics where it is already on the host."""
+        ``train/loss`` from the callback metrics where it is already on the host. A loop whose loss terms
+        stay on the device between checks (a :class:`splitinv.training.LossMonitor`, kept on the module
+        under ``LOSS_MONITOR``) is read now, so the line shows this step's loss, not the last check's."""
         values = {k: float(v) for k, v in trainer.progress_bar_metrics.items() if isinstance(v, (int, float))}
+        module = trainer.lightning_module
+        latest = getattr(module.__dict__.get(LOSS_MONITOR), "latest", None) if module is not None else None
+        if callable(latest):
+            values.update(latest())
         loss = trainer.callback_metrics.get("train/loss")
         if "train/loss" not in values and getattr(loss, "device", None) is not None:
             if loss.device.type == "cpu" and loss.numel() == 1:  # type: ignore[union-attr]

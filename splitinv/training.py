@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from torch import Tensor, nn
 
 from splitinv.errors import SplitinvError
-from splitinv.progress import LogLineProgress, interactive
+from splitinv.progress import LOSS_MONITOR, LogLineProgress, interactive
 
 CHECK_EVERY = 50  # steps between host syncs of a training loop (the first step is always checked)
 FP32 = "32-true"
@@ -130,6 +130,12 @@ class LossMonitor:
             raise SplitinvError(self._message(bad_step, bad))
         return dict(zip(self._names, last, strict=True))
 
+    def latest(self) -> dict[str, float]:
+        """The last step's progress-bar terms on the host, read now (one sync; checked like every read), as
+        ``train/<term>``: what a progress line shows between checks. Empty before any update."""
+        host = self.check() or {}
+        return {f"train/{k}": v for k, v in host.items() if k in self.prog_bar}
+
     def _message(self, step: int, values: list[float]) -> str:
         terms = dict(zip(self._names, values, strict=True))
         first = next(n for n, v in terms.items() if not math.isfinite(v))
@@ -145,10 +151,10 @@ class LossMonitor:
 
 def monitor(module: nn.Module, what: str, hint: str, **kwargs: Any) -> LossMonitor:
     """The module's :class:`LossMonitor` (made on first use, kept on the module)."""
-    found = module.__dict__.get("_loss_monitor")
+    found = module.__dict__.get(LOSS_MONITOR)
     if found is None:
         found = LossMonitor(what, hint, **kwargs)
-        module.__dict__["_loss_monitor"] = found
+        module.__dict__[LOSS_MONITOR] = found  # the progress lines read it (splitinv.progress)
     return found
 
 

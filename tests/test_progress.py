@@ -188,6 +188,7 @@ class Tiny(L.LightningModule):
         self.net = nn.Linear(4, 1)
         self.frozen = nn.Linear(4, 4).eval()
         self.frozen.requires_grad_(False)
+        self.losses: list[float] = []  # every step's loss (a test's host read; the loop itself reads few)
 
     def train(self, mode: bool = True) -> Tiny:
         super().train(mode)
@@ -196,6 +197,7 @@ class Tiny(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss = self.net(self.frozen(batch[0])).pow(2).mean()
+        self.losses.append(float(loss))
         monitor(self, "tiny loss", "lower the lr.").update(
             {"loss": loss}, self, batch_idx=batch_idx, batch_size=len(batch[0])
         )
@@ -235,7 +237,8 @@ def test_the_callback_writes_fit_and_predict_lines_in_place_of_lightnings_bar(
         c for c in trainer.callbacks if isinstance(c, (RichProgressBar, TQDMProgressBar, LogLineProgress))
     ]
     assert len(bars) == 1 and isinstance(trainer.progress_bar_callback, LogLineProgress)
-    trainer.fit(Tiny(), train_dataloaders=_loader())
+    tiny = Tiny()
+    trainer.fit(tiny, train_dataloaders=_loader())
     out, err = capsys.readouterr()
     loss = trainer.progress_bar_metrics["train/loss"]
     lines = err.splitlines()
@@ -254,6 +257,9 @@ def test_the_callback_writes_fit_and_predict_lines_in_place_of_lightnings_bar(
         "2/4 steps (50%)",
         "3/4 steps (75%)",
     ]
+    # each line shows its own step's loss (step 3 is not a check step: the line reads it, not step 2's)
+    shown = [float(line.rsplit("train/loss ", 1)[1]) for line in fit[:-1]]
+    assert shown == [float(f"{v:.4g}") for v in tiny.losses[:3]] and len(set(tiny.losses[:3])) == 3
     assert re.fullmatch(
         rf"fit Tiny: 4/4 steps in 0:00:\d\d \([\d.]+ steps/s\), train/loss {re.escape(f'{loss:.4g}')}",
         fit[-1],
