@@ -109,6 +109,13 @@ class ClassifierModule(L.LightningModule):
         }
 
 
+def at_chance(accuracy: float, num_classes: int, n: int) -> bool:
+    """Whether ``accuracy`` on ``n`` images is within one standard error of guessing among
+    ``num_classes`` classes (at or below ``1 / num_classes`` plus that error)."""
+    chance = 1.0 / max(1, int(num_classes))
+    return accuracy <= chance + math.sqrt(chance * (1.0 - chance) / max(1, int(n)))
+
+
 def check_trained(val_acc: float, val_loss: float, num_classes: int, n: int, lr: float) -> None:
     """Refuse a trained victim not worth saving, in one line: a NaN/inf validation loss (it diverged), or an
     accuracy at chance (``1 / num_classes``, within one standard error of random guessing on ``n``
@@ -119,8 +126,7 @@ def check_trained(val_acc: float, val_loss: float, num_classes: int, n: int, lr:
             f"(now {lr}); nothing was saved."
         )
     chance = 1.0 / max(1, int(num_classes))
-    margin = math.sqrt(chance * (1.0 - chance) / max(1, int(n)))
-    if val_acc <= chance + margin:
+    if at_chance(val_acc, num_classes, n):
         raise SplitinvError(
             f"victim training ended at chance accuracy (val_acc {val_acc:.4f} on {n} images, chance "
             f"{chance:.4f} for {num_classes} classes): train longer (trainer.max_epochs), on more data "

@@ -420,6 +420,8 @@ def test_fine_tuning_in_process_with_random_weights(trained_victim, tmp_path: Pa
         warnings.simplefilter("ignore")
         result = train_defense(_compose("train_defense", tmp_path, "defense=adversarial", "defense.weight=2"))
     assert "RANDOMLY initialised resnet18" in caplog.text
+    # a random-weight victim fine-tuned briefly guesses: saved (a privacy-utility point), but said so once
+    assert result["val_acc"] <= 0.2 and caplog.text.count("the defended victim classifies at chance") == 1
     assert result["defense"] == {"name": "adversarial", "weight": 2.0, "lr": 0.001, "width": None}
     assert 0 <= result["val_acc"] <= 1 and 0 <= result["dcor"] <= 1
     assert result["payload_elements"] == result["activation_elements"] == 2048

@@ -39,7 +39,7 @@ from splitinv.errors import SplitinvError
 from splitinv.io import check_output_file, save_atomic
 from splitinv.split import Split, split
 from splitinv.task import hydra_command
-from splitinv.train_victim import ClassifierModule
+from splitinv.train_victim import ClassifierModule, at_chance
 from splitinv.training import monitor
 from splitinv.victims import Victim, check_image_size, is_random_weights
 
@@ -204,6 +204,13 @@ def train_defense(cfg: DictConfig) -> dict[str, Any]:
     the_split.eval()
     after = the_split.utility(datamodule.val_dataloader())
     dcor_after = leakage(the_split, datamodule.val_dataloader())
+    if after["accuracy"] is not None and at_chance(after["accuracy"], victim.num_classes, after["n"]):
+        # kept: a defense that leaves chance accuracy is a point of a privacy-utility curve, but said so
+        log.warning(
+            "the defended victim classifies at chance (val_acc %.4f on %d images, chance %.4f for %d "
+            "classes; %.4f before fine-tuning): it is saved, but any privacy it shows costs all its utility",
+            after["accuracy"], after["n"], 1 / victim.num_classes, victim.num_classes, before["accuracy"],
+        )  # fmt: skip
 
     weights = cfg.victim.get("weights")
     base_weights = None if is_random_weights(weights) else str(weights)
