@@ -114,3 +114,38 @@ def test_every_run_records_the_baselines_and_they_change_no_number(
         collect(tmp_path / "on"), rows="cut", cols=None, metrics=["ssim", "lowpass4_ssim", "beats_lowpass4"]
     )
     assert "lowpass4 SSIM ↑" in text and "> lowpass4 ↑" in text
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_own_photos_at_the_documented_budget_say_they_learned_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/attack.md's "Your own photos" command: 8 photos, 4 evaluated, 2 optimiser steps."""
+    from skimage import data, io
+
+    folder = tmp_path / "my_photos"
+    folder.mkdir()
+    for name in (
+        "astronaut",
+        "camera",
+        "chelsea",
+        "coffee",
+        "coins",
+        "hubble_deep_field",
+        "retina",
+        "rocket",
+    ):
+        io.imsave(folder / f"{name}.png", getattr(data, name)(), check_contrast=False)
+    overrides = ["victim=resnet18", "victim.image_size=64", "data=imagefolder", f"data.root={folder}",
+                 "data.n_eval=4", "attack=decoder", "trainer.max_epochs=2", "utility_test=false",
+                 "logger=csv", "lpips=off", "trainer.enable_progress_bar=false"]  # fmt: skip
+    cfg = compose(overrides, output_dir=tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="splitinv.run"):
+        record = run(cfg)
+    assert record["cost"]["train_steps"] == 2 and record["verdict"] == baselines.NO_BETTER_THAN_GREY
+    assert record["beats_grey"]["mean"] <= 0.5  # grey scores as much on these photos
+    warned = [r.getMessage() for r in caplog.records if "flat grey image" in r.getMessage()]
+    assert len(warned) == 1 and "raise trainer.max_epochs, data.n_aux" in warned[0]
+    assert _summary(record, cfg).endswith(f"({baselines.NO_BETTER_THAN_GREY}) -> {tmp_path / 'run'}")
+    samples = pd.read_csv(tmp_path / "run" / "samples.csv")  # each row names its photo's file
+    assert set(samples["image"]) <= {p.name for p in folder.iterdir()} and samples["image"].nunique() == 4
