@@ -15,9 +15,9 @@ scale parameter), computed here exactly by one backward pass. ``Tr(J^T J) = E ||
 probes ``v`` (Hutchinson) through Jacobian-vector products, so ``J`` is never formed; ``probes=0`` uses the
 ``d`` basis vectors instead (the exact trace, for small inputs).
 
-The biased (prior) bound is the van Trees inequality, in the trace form the paper uses: for images drawn from
-a prior ``pi`` with Fisher information ``J(pi) = E[grad log pi grad log pi^T]``, every attacker, biased or not,
-has ``E ||x_hat - x||^2 / d >= 1 / (E_pi[dFIL(x)] + Tr J(pi) / d)``. splitinv does not estimate
+The biased (prior) bound is the van Trees inequality, in the trace form the paper uses: for images drawn
+from a prior ``pi`` with Fisher information ``J(pi) = E[grad log pi grad log pi^T]``, every attacker, biased
+or not, has ``E ||x_hat - x||^2 / d >= 1 / (E_pi[dFIL(x)] + Tr J(pi) / d)``. splitinv does not estimate
 ``Tr J(pi)`` (the paper fits a score model to the data): :func:`van_trees_mse` takes it as a number, and a
 results file records the prior bound as null with that reason.
 """
@@ -193,8 +193,9 @@ def calibrate_sigma(
     probes: int = 32,
     seed: int = 0,
 ) -> float:
-    """The Gaussian sigma at which the mean dFIL over ``images`` is ``target``: dFIL = Tr(J^T J) / (d
-    sigma^2) for a fixed Jacobian, so one trace estimate per image gives ``sigma = sqrt(mean(Tr) / (d t))``."""
+    """The Gaussian sigma at which the mean dFIL over ``images`` is ``target``: dFIL = Tr(J^T J) /
+    (d sigma^2) for a fixed Jacobian, so one trace estimate per image gives
+    ``sigma = sqrt(mean(Tr) / (d target))``."""
     if not (isinstance(target, (int, float)) and math.isfinite(target) and target > 0):
         raise SplitinvError(f"defense.target_dfil must be a finite number > 0, got {target!r}.")
     traces, d = [], 1

@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from splitinv.defenses import GaussianNoise, LaplaceNoise
-from splitinv.defenses import ActivationDropout
+from splitinv.defenses import ActivationDropout, GaussianNoise, LaplaceNoise
 from splitinv.errors import SplitinvError
 from splitinv.leakage import dfil, jacobian_trace, leakage_bound, van_trees_mse
 from splitinv.split import Split
@@ -44,7 +43,7 @@ def test_least_squares_attains_the_cramer_rao_bound_on_an_orthonormal_linear_hea
     the_split = Split(head, defense=GaussianNoise(scale=sigma, seed=1))
     x = torch.rand(8, 1, 4, 4)
     bound = dfil(head, the_split.defense, x, probes=8)
-    # the normalisation's 1/0.25 is inside the Jacobian: dFIL = Tr(A^T A) / 0.25^2 / (d sigma^2) = 16 / sigma^2
+    # the normalisation's 1/0.25 is in the Jacobian: dFIL = Tr(A^T A) / 0.25^2 / (d sigma^2) = 16 / sigma^2
     draws = []
     for _ in range(400):
         v = the_split.observe(x)

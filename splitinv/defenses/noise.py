@@ -13,8 +13,9 @@ treated as a constant in the backward pass: the gradient through the defense is 
 expected gradient of ``h + sigma(h) * eps`` over the noise ``eps`` (what an adaptive attacker differentiates).
 Both draw from their own seeded generator (:class:`splitinv.defenses.common.SeededDefense`).
 
-:class:`GaussianNoise` also takes ``target_dfil`` instead of ``scale``: the run then sets ``sigma`` so that the
-mean dFIL (:mod:`splitinv.leakage`) over the auxiliary images is that target (:meth:`GaussianNoise.calibrate`).
+:class:`GaussianNoise` also takes ``target_dfil`` instead of ``scale``: the run then sets ``sigma`` so that
+the mean dFIL (:mod:`splitinv.leakage`) over the auxiliary images is that target
+(:meth:`GaussianNoise.calibrate`).
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ class GaussianNoise(_AdditiveNoise):
                 raise SplitinvError(f"gaussian defense: target_dfil must be > 0, got {target}.")
             if self.relative:
                 raise SplitinvError(
-                    "gaussian defense: target_dfil needs absolute noise (relative=false): relative noise leaks "
-                    "the activations' spread at every scale."
+                    "gaussian defense: target_dfil needs absolute noise (relative=false): relative noise "
+                    "leaks the activations' spread at every scale."
                 )
             self.target_dfil = target
             self.scale = math.nan  # set by calibrate()
