@@ -178,3 +178,43 @@ def test_target_dfil_is_met_on_the_evaluation_images(tmp_path):
     assert stored["leakage_bound"]["dfil_mean"] == bound["dfil_mean"]
     with pytest.raises(SplitinvError, match="both set"):
         run(compose([*overrides, "defense.scale=0.2"], output_dir=tmp_path / "both"))
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_the_bound_reaches_tables_figure_and_advisor(tmp_path):
+    """A two-strength gaussian sweep: psnr_ceiling in collect's rows and the table, a dotted ceiling curve in
+    the privacy-utility figure, the advisor's dFIL column and --max-dfil keeping the noisier row only."""
+    import subprocess
+
+    from splitinv import advise as adv
+    from splitinv.report import collect, plot_privacy_utility, table
+
+    sweep = tmp_path / "sweep"
+    cmd = [
+        "splitinv-run",
+        "-m",
+        *LENET,
+        "defense=gaussian",
+        "defense.scale=0.5,2.0",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    frame = collect(sweep)
+    by_scale = frame.set_index("defense_strength")
+    # conv1 is linear: dFIL is the same for every image, and scales as 1 / sigma^2
+    assert by_scale.loc[0.5, "dfil_mean"] == pytest.approx(16 * by_scale.loc[2.0, "dfil_mean"], rel=0.05)
+    assert by_scale.loc[0.5, "psnr_ceiling"] == pytest.approx(
+        10 * math.log10(by_scale.loc[0.5, "dfil_mean"]), abs=0.01
+    )
+    text = table(frame, rows="defense_setting", cols=None, metrics=["psnr", "psnr_ceiling"])
+    assert "PSNR ceiling" in text and f"{by_scale.loc[2.0, 'psnr_ceiling']:.2f}" in text
+    (png, *_) = plot_privacy_utility(frame, tmp_path / "fig", metric="psnr")
+    assert png.is_file()
+    rows = adv.advise(sweep, latency_runs=1, warmup=0, attacked_only=True)
+    assert "dFIL" in adv.render(rows)
+    low = float(rows["dfil"].min())
+    verdict = adv.constrain(rows, {"max_dfil": low * 1.01})
+    assert len(verdict.rows) == 1 and float(verdict.rows["dfil"].iloc[0]) == low  # the sigma = 2 row
+    assert adv.constrain(rows, {"max_dfil": low * 0.5}).rows.empty
