@@ -34,8 +34,9 @@ KEYS = (
 UTILITY = {"utility": "higher", "utility_agreement": "higher", "utility_test": "higher"}
 # the trivial reconstructions scored on the same images (metrics.json "baselines"): e.g. lowpass4_ssim
 BASELINES = {f"{name}_{metric}": DIRECTION[metric] for name in BASELINE_NAMES for metric in BASELINE_METRICS}
-# the Fisher-information bound of a noisy defense (metrics.json "leakage_bound", splitinv.leakage): dFIL's mean
-# and minimum over the evaluation images and the PSNR ceiling it puts on any unbiased attacker; higher leaks more
+# the Fisher-information bound of a noisy defense (metrics.json "leakage_bound", splitinv.leakage): dFIL's
+# mean and minimum over the evaluation images and the PSNR ceiling it puts on an unbiased attacker (higher:
+# more leakage)
 LEAKAGE = {"dfil_mean": "higher", "dfil_min": "higher", "psnr_ceiling": "higher"}
 DIRECTIONS = {**DIRECTION, **UTILITY, "beats_lowpass4": "higher", **BASELINES, **LEAKAGE}
 LABELS = {
