@@ -485,7 +485,7 @@ examples:
 TABLE_METRICS = (
     "psnr, ssim, lpips, recognisable, feature_error, label_agreement, accuracy_hat, evaluator_agreement, "
     "state_error_h, state_error_cond, utility, utility_agreement, utility_test, beats_lowpass4, dfil_mean, "
-    "dfil_min, psnr_ceiling (the Fisher-information bound of a noisy defense), and the "
+    "dfil_min, psnr_ceiling, and the "
     "trivial baselines' scores as <baseline>_<metric> with baseline grey, mean, lowpass4, lowpass8 and "
     "metric ssim, psnr, lpips (e.g. lowpass4_ssim)"
 )
