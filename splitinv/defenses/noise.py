@@ -100,6 +100,7 @@ class GaussianNoise(_AdditiveNoise):
                 )
             self.target_dfil = target
             self.scale = math.nan  # set by calibrate()
+            self.strength_key = "target_dfil"  # what a sweep over targets varies (tables, curves)
         self.calibration_images = int(check_number(self.name, "calibration_images", calibration_images))
         if self.calibration_images < 1:
             raise SplitinvError("gaussian defense: calibration_images must be >= 1.")
