@@ -138,3 +138,42 @@ def test_blind_attacks_beat_grey_on_he2019_lenet_at_conv1(tmp_path):
         grey = record["baselines"]["grey"]
         assert record["ssim"]["mean"] > grey["ssim"]["mean"] + 0.3, attack
         assert record["psnr"]["mean"] > grey["psnr"]["mean"] + 5, attack
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_query_free_trains_its_shadow_through_a_frozen_tail_with_the_he2019_preset():
+    import lightning.pytorch as L
+
+    from splitinv.data import MNISTDataModule
+
+    victim, s = _lenet_split()
+    tail_state = {k: v.clone() for k, v in s.tail.state_dict().items()}
+    data = MNISTDataModule(
+        vendored=True, image_size=28, channels=1, n_aux=64, n_eval=4, batch_size=32, augment=False
+    )
+    trainer = L.Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    attack = QueryFreeAttack(preset="he2019", progress=False)
+    cut = {"name": "conv1", "canonical": "conv1", "paper_depth": "shallow", "victim": "he2019_mnist"}
+    cut.update(input_mean=[0.5], input_std=[0.5], relative_depth=0.0)
+    context = AttackContext.for_attack(
+        attack, s, (1, 28, 28), victim=victim, data=data, trainer=trainer, cut=cut
+    )
+    start = context.architecture()
+    stats = attack.fit(context)
+    assert stats["train_steps"] == 2 and stats["train_images"] == 64
+    shadow = attack.client.head
+    assert not torch.equal(shadow.body.conv1.weight, start.body.conv1.weight)  # trained
+    assert not torch.equal(shadow.body.conv1.weight, s.head.body.conv1.weight)  # not the device's
+    for key, value in s.tail.state_dict().items():
+        assert torch.equal(value, tail_state[key]), key  # the server's half is not moved
+    assert all(p.requires_grad for p in s.tail.parameters())  # and left as it was
+    # rMLE on the shadow with He et al.'s code settings: normalised image from the mean, eps 1e-3, AMSGrad
+    assert (attack.settings.param, attack.settings.eps, attack.settings.amsgrad) == ("normalized", 1e-3, True)
+    assert (attack.shadow_lr, attack.shadow_eps, attack.settings.steps) == (1e-3, 1e-3, 500)
+    x = torch.rand(2, 1, 28, 28)
+    attack.settings.steps = 5
+    out = attack.invert(shadow(x), torch.arange(2))
+    assert out.images.shape == x.shape and float(out.images.min()) >= 0 and float(out.images.max()) <= 1
+    assert attack.describe()["access"] == "query-free"

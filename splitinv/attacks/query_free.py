@@ -99,8 +99,14 @@ class QueryFreeAttack(OptimizationAttack):
         defense = context.defense
         module = ShadowModule(shadow, tail, defense, self.shadow_lr, self.shadow_eps)
         trainer = context.trainer
+        server = [p for m in (tail, defense) if m is not None for p in m.parameters()]
+        flags = [p.requires_grad for p in server]
         start = time.perf_counter()
-        trainer.fit(module, train_dataloaders=datamodule.train_dataloader())
+        try:
+            trainer.fit(module, train_dataloaders=datamodule.train_dataloader())
+        finally:  # the server's modules are the victim's: leave them as they were
+            for p, flag in zip(server, flags, strict=True):
+                p.requires_grad_(flag)
         seconds = time.perf_counter() - start
         if trainer.global_step == 0:
             raise SplitinvError(
