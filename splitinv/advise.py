@@ -88,6 +88,7 @@ CONSTRAINTS: dict[str, tuple[str, str, float, str]] = {
     "min_utility": ("utility", ">=", 1.0, ""),
     "max_latency_ms": ("device_latency_ms", "<=", 1.0, " ms"),
     "max_e2e_ms": ("e2e_ms", "<=", 1.0, " ms"),
+    "max_dfil": ("dfil", "<=", 1.0, ""),  # the Fisher-information bound; rows without one do not meet it
 }
 
 
@@ -432,8 +433,15 @@ def _job_config(job: Path) -> dict[str, Any]:
 
 LEAKAGE_COLUMNS = [
     *("cut", "defense", "ssim", "ssim_attack", "lpips", "lpips_attack", "attacks", "attack_names"),
-    *("runs", "accuracy", "agreement"),
+    *("runs", "accuracy", "agreement", "dfil"),
 ]
+
+
+def _dfil(group: pd.DataFrame) -> float:
+    """The largest mean dFIL the runs of one (cut, defense) recorded (NaN without a noisy defense)."""
+    if "dfil_mean" not in group or not group["dfil_mean"].notna().any():
+        return math.nan
+    return float(group["dfil_mean"].astype(float).max())
 
 
 def leakage(rows: pd.DataFrame) -> pd.DataFrame:
@@ -458,6 +466,7 @@ def leakage(rows: pd.DataFrame) -> pd.DataFrame:
                 "runs": len(group),
                 "accuracy": group["accuracy"].mean() if group["accuracy"].notna().any() else math.nan,
                 "agreement": group["agreement"].mean() if group["agreement"].notna().any() else math.nan,
+                "dfil": _dfil(group),
             }
         )
     return pd.DataFrame(out, columns=LEAKAGE_COLUMNS)
@@ -808,6 +817,8 @@ def _rebuild_defense(label: str, node: Any) -> Defense:
             )
             return NoDefense()
         if isinstance(defense, Defense):
+            if getattr(defense, "target_dfil", None) is not None:  # sigma chosen in the run: costs ignore it
+                defense.scale = 0.0
             return defense
     warnings.warn(
         f"the sweep's config does not say how to build defense {label!r}: its payload and device cost are "
@@ -857,6 +868,7 @@ def _columns(table: pd.DataFrame) -> list[tuple[str, str, Any]]:
     cols += [
         ("SSIM ↓", r"SSIM $\downarrow$", lambda r: _f(r["ssim"], 3)),
         ("LPIPS ↑", r"LPIPS $\uparrow$", lambda r: _f(r["lpips"], 3)),
+        *_dfil_column(table),
         ("strongest attack", "strongest attack", lambda r: r["ssim_attack"] if r["attacked"] else "—"),
         ("attacks", "attacks", lambda r: _attacks(r)),
     ]
@@ -871,6 +883,13 @@ def _columns(table: pd.DataFrame) -> list[tuple[str, str, Any]]:
         )
     )
     return cols
+
+
+def _dfil_column(table: pd.DataFrame) -> list[tuple[str, str, Any]]:
+    """The dFIL column (the Fisher-information bound of a noisy defense), where some row has one."""
+    if "dfil" not in table or not table["dfil"].notna().any():
+        return []
+    return [("dFIL ↓", r"dFIL $\downarrow$", lambda r: _f(r["dfil"], 3))]
 
 
 def _attacks(r: pd.Series) -> str:

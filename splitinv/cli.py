@@ -461,6 +461,7 @@ examples:
     budgets = (
         ("--max-ssim", "leakage: the strongest attack's SSIM at most this"),
         ("--min-lpips", "leakage: the strongest attack's LPIPS at least this"),
+        ("--max-dfil", "leakage bound: dFIL (Fisher information per pixel) of a noisy defense at most this"),
         ("--max-device-mflops", "device MFLOPs per image"),
         ("--max-payload-kb", "KiB (1024 bytes) sent per image"),
         ("--min-utility", "accuracy (or agreement) of the split, in [0, 1]"),
@@ -483,7 +484,8 @@ examples:
 # no torch import; tests/test_report.py checks the two agree)
 TABLE_METRICS = (
     "psnr, ssim, lpips, recognisable, feature_error, label_agreement, accuracy_hat, evaluator_agreement, "
-    "state_error_h, state_error_cond, utility, utility_agreement, utility_test, beats_lowpass4, and the "
+    "state_error_h, state_error_cond, utility, utility_agreement, utility_test, beats_lowpass4, dfil_mean, "
+    "dfil_min, psnr_ceiling, and the "
     "trivial baselines' scores as <baseline>_<metric> with baseline grey, mean, lowpass4, lowpass8 and "
     "metric ssim, psnr, lpips (e.g. lowpass4_ssim)"
 )

@@ -34,7 +34,11 @@ KEYS = (
 UTILITY = {"utility": "higher", "utility_agreement": "higher", "utility_test": "higher"}
 # the trivial reconstructions scored on the same images (metrics.json "baselines"): e.g. lowpass4_ssim
 BASELINES = {f"{name}_{metric}": DIRECTION[metric] for name in BASELINE_NAMES for metric in BASELINE_METRICS}
-DIRECTIONS = {**DIRECTION, **UTILITY, "beats_lowpass4": "higher", **BASELINES}
+# the Fisher-information bound of a noisy defense (metrics.json "leakage_bound", splitinv.leakage): dFIL's
+# mean and minimum over the evaluation images and the PSNR ceiling it puts on an unbiased attacker (higher:
+# more leakage)
+LEAKAGE = {"dfil_mean": "higher", "dfil_min": "higher", "psnr_ceiling": "higher"}
+DIRECTIONS = {**DIRECTION, **UTILITY, "beats_lowpass4": "higher", **BASELINES, **LEAKAGE}
 LABELS = {
     "beats_lowpass4": "> lowpass4",
     **{k: f"{k.split('_')[0]} {k.split('_')[1].upper()}" for k in BASELINES},
@@ -48,7 +52,25 @@ LABELS = {
     "label_agreement": "label agr.",
     "recognisable": "SSIM≥0.3",
     "accuracy_hat": "acc.",
+    "dfil_mean": "dFIL",
+    "dfil_min": "dFIL min",
+    "psnr_ceiling": "PSNR ceiling",
 }
+
+
+def _leakage_keys(rec: dict[str, Any]) -> dict[str, float]:
+    """The row's :data:`LEAKAGE` columns from metrics.json's ``leakage_bound`` (NaN where it has none)."""
+    bound = rec.get("leakage_bound") or {}
+
+    def number(key: str) -> float:
+        value = bound.get(key)
+        return math.nan if value is None else float(value)
+
+    return {
+        "dfil_mean": number("dfil_mean"),
+        "dfil_min": number("dfil_min"),
+        "psnr_ceiling": number("psnr_ceiling_mean"),
+    }
 
 
 def _defense_keys(rec: dict[str, Any]) -> dict[str, Any]:
@@ -176,6 +198,7 @@ def collect(sweep_dir: str | Path, *, trust_edited: bool = False) -> pd.DataFram
             beats = rec.get(name)
             row[name] = beats["mean"] if isinstance(beats, dict) else math.nan
         row["verdict"] = rec.get("verdict", "unscored")
+        row.update(_leakage_keys(rec))
         for name, scores in (rec.get("baselines") or {}).items():
             for metric, value in (scores or {}).items():
                 row[f"{name}_{metric}"] = value["mean"] if isinstance(value, dict) else math.nan
@@ -261,7 +284,7 @@ def _fmt(mean: float, std: float, n: int, digits: int) -> str:
 
 
 def _digits(metric: str) -> int:
-    return 2 if metric == "psnr" else 3
+    return 2 if metric in ("psnr", "psnr_ceiling") else 3
 
 
 def aggregate(frame: pd.DataFrame, rows: str, cols: str | None, metrics: Sequence[str]) -> pd.DataFrame:
@@ -589,6 +612,8 @@ def plot_privacy_utility(frame: pd.DataFrame, out_dir: str | Path, metric: str =
                 linestyle="--" if attacker == "naive" else "-",
                 label=f"{defense} ({attacker})",
             )
+        if metric == "psnr":
+            _plot_psnr_ceiling(ax, here, x_key, colours)
         clean = here[here["defense"] == "none"]
         if not clean.empty:
             ax.plot(clean[x_key].mean(), clean[metric].mean(), "k*", ms=9, label="no defense")
@@ -604,6 +629,26 @@ def plot_privacy_utility(frame: pd.DataFrame, out_dir: str | Path, metric: str =
     fig.suptitle(f"privacy-utility: {victims}; attacks: {attacks}", fontsize=9)
     fig.tight_layout()
     return _save_figure(fig, Path(out_dir) / f"privacy_utility_{metric}")
+
+
+def _plot_psnr_ceiling(ax: Any, here: pd.DataFrame, x_key: str, colours: dict[str, str]) -> None:
+    """Beside the attacks' PSNR: the PSNR ceiling dFIL puts on any unbiased attacker (``psnr_ceiling``), one
+    dotted curve per noisy defense over its strength, where the runs recorded a leakage bound."""
+    if "psnr_ceiling" not in here or not here["psnr_ceiling"].notna().any():
+        return
+    bounded = here[here["psnr_ceiling"].notna() & (here["defense"] != "none")]
+    for defense, group in bounded.groupby("defense"):
+        stats = group.groupby("defense_strength", dropna=False)[[x_key, "psnr_ceiling"]].mean().reset_index()
+        stats = stats.sort_values("defense_strength", key=lambda s: pd.to_numeric(s, errors="coerce"))
+        ax.plot(
+            stats[x_key],
+            stats["psnr_ceiling"],
+            marker="^",
+            ms=3,
+            color=colours.get(defense, "k"),
+            linestyle=":",
+            label=f"{defense}: dFIL ceiling (unbiased)",
+        )
 
 
 def _save_figure(fig: Any, stem: Path) -> list[Path]:

@@ -94,13 +94,14 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     cut_info = _cut_info(victim, point, datamodule.image_size, method)
     attack: Attack = instantiate(cfg.attack)
     aux_datamodule, aux_kind = _aux_data(cfg, datamodule)
-    if attack.learns_from_observations:  # what the attacker learned from follows from the aux choice
+    if attack.learns_from_observations or attack.knowledge.access == "query-free":  # from the aux choice
         attack.knowledge = dataclasses.replace(attack.knowledge, aux_data=aux_kind)
     logger = instantiate(cfg.logger, **_logger_group(cfg)) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger)
     device = trainer.strategy.root_device
     image_shape = (datamodule.channels, datamodule.image_size, datamodule.image_size)
     writer: results.ReconstructionWriter | None = None
+    calibration = _calibrate_noise(cfg, the_split, aux_datamodule, victim, device)
 
     try:
         context = AttackContext.for_attack(
@@ -152,6 +153,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
         )  # fmt: skip
         record["inputs"] = inputs  # the input files' digests: a changed file reruns the job
         _warn_below_grey(record, attack, other_aux=aux_datamodule is not datamodule)
+        record["leakage_bound"] = _leakage_bound(cfg, the_split, datamodule, device, calibration)
         record["sheet_indices"] = ev.per_image["index"][:n_sheet]  # the images on the sheets and images.pt
         extra = dict(attack.artifacts())
         if n_sheet:
@@ -169,6 +171,53 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
             writer.discard()  # moved into the run folder by now, or a failed run's partial file
         results.finish_logger(logger)  # each job (and each call from Python) gets its own W&B run
     return record
+
+
+def _leakage_settings(cfg: DictConfig) -> tuple[bool, int]:
+    node = cfg.get("leakage") or {}
+    probes = node.get("probes", 32)
+    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0:
+        raise SplitinvError(f"leakage.probes must be an integer >= 0 (0: exact trace), got {probes!r}.")
+    return bool(node.get("enabled", True)), probes
+
+
+def _calibrate_noise(
+    cfg: DictConfig, the_split: Split, aux_datamodule: Any, victim: Any, device: torch.device
+) -> dict[str, Any] | None:
+    """``defense.target_dfil``: sigma chosen so that the mean dFIL over the first
+    ``defense.calibration_images`` auxiliary images meets the target; returns what was chosen (or None)."""
+    defense = the_split.defense
+    target = getattr(defense, "target_dfil", None)
+    if target is None:
+        return None
+    from torch.utils.data import DataLoader, Subset
+
+    _, probes = _leakage_settings(cfg)
+    aux = aux_datamodule.aux_dataset()
+    n = min(len(aux), defense.calibration_images)
+    victim.to(device)
+    loader = DataLoader(Subset(aux, range(n)), batch_size=max(1, aux_datamodule.batch_size))
+    sigma = defense.calibrate(the_split.head, loader, device=device, probes=probes)
+    log.info("defense.target_dfil=%g: sigma %.4g from %d auxiliary images", target, sigma, n)
+    return {"target_dfil": target, "sigma": sigma, "calibration_images": n}
+
+
+def _leakage_bound(
+    cfg: DictConfig, the_split: Split, datamodule: Any, device: torch.device, calibration: Any
+) -> dict[str, Any] | None:
+    """metrics.json's ``leakage_bound`` (:func:`splitinv.leakage.leakage_bound` over the evaluation images,
+    one batch at a time), or None with ``leakage.enabled: false``."""
+    from splitinv.leakage import leakage_bound
+
+    enabled, probes = _leakage_settings(cfg)
+    if not enabled:
+        return None
+    bound = leakage_bound(
+        the_split.head, the_split.defense, datamodule.predict_dataloader(), device, probes, seed=int(cfg.seed)
+    )
+    if calibration is not None:
+        bound["calibration"] = calibration
+    return bound
 
 
 def _attack_on_every_rank(

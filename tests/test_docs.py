@@ -52,7 +52,8 @@ DOCS = [
     *(
         ROOT / "docs" / f"{page}.md"
         for page in (
-            "python", "attack", "own-network", "he2019", "defenses", "gans", "results", "sweeps", "advise",
+            "python", "attack", "own-network", "he2019", "defenses", "leakage", "gans", "results", "sweeps",
+            "advise",
             "cluster", "precision", "benchmarks", "metrics",
         )
     ),

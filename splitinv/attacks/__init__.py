@@ -8,6 +8,8 @@ from splitinv.attacks.gan_prior import GANPriorAttack
 from splitinv.attacks.hybrid import HybridAttack
 from splitinv.attacks.optimize import OptimizationAttack, OptimizeSettings
 from splitinv.attacks.priors import BNStatsPrior
+from splitinv.attacks.query_free import QueryFreeAttack
+from splitinv.attacks.unsplit import UnSplitAttack
 
 __all__ = [
     "Attack",
@@ -20,6 +22,8 @@ __all__ = [
     "HybridAttack",
     "OptimizationAttack",
     "OptimizeSettings",
+    "QueryFreeAttack",
     "Reconstruction",
+    "UnSplitAttack",
     "build_decoder",
 ]

@@ -11,12 +11,18 @@ model allows, and scores what :meth:`Attack.invert` returns::
 - ``access="black-box"``: ``context.oracle`` only (images in, observations out; no parameters, no
   gradients). ``context.split`` and ``context.victim`` are None.
 - ``access="white-box"``: also ``context.split`` (head, defense, tail) and ``context.victim``.
+- ``access="query-free"`` (He et al.'s third setting): no oracle, no head weights; ``context.tail`` (the
+  server's half), ``context.architecture`` (fresh copies of the head with re-initialised weights) and the
+  auxiliary data.
+- ``access="architecture"`` (UnSplit): ``context.architecture`` only, and the observations it inverts.
 - ``defense_aware``: True (adaptive) gives the attacker the defended split; False (naive) the undefended one,
-  while the observations it inverts are always the defended ones.
+  while the observations it inverts are always the defended ones. The two blind accesses get the defense
+  module (``context.defense``) when it holds no weights.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -32,7 +38,9 @@ from splitinv.errors import SplitinvError
 if TYPE_CHECKING:  # pragma: no cover
     from splitinv.split import QueryOracle, Split
 
-ACCESS = ("black-box", "white-box")
+ACCESS = ("black-box", "white-box", "query-free", "architecture")
+BLIND = ("query-free", "architecture")  # neither queries nor weights of the head
+ARCHITECTURE_SEED = 1_000_003  # added to the attack's seed for the fresh weights of architecture_of
 AUX_DATA = ("same", "other", "none")
 
 
@@ -70,7 +78,8 @@ def check_int(name: str, value: Any, minimum: int = 0) -> int:
 class AttackerKnowledge:
     """What the attacker is assumed to have, recorded in every results file and table row.
 
-    access: ``black-box`` (can query the device: learned attacks) or ``white-box`` (knows its weights).
+    access: ``black-box`` (can query the device: learned attacks), ``white-box`` (knows its weights),
+    ``query-free`` (the tail and data, no queries) or ``architecture`` (the head's architecture only).
     aux_data: ``same`` (the victim's distribution), ``other`` (another distribution) or ``none`` (data-free).
     defense_aware: whether the attacker knows the defense (adaptive) or models the undefended head (naive).
     """
@@ -91,6 +100,35 @@ class AttackerKnowledge:
         return asdict(self)
 
 
+def architecture_of(head: nn.Module, seed: int = 0) -> Callable[[], nn.Module]:
+    """A constructor of ``head``'s architecture without its weights: each call returns a new copy of one
+    template whose parameters were re-initialised (``reset_parameters``, seeded) and whose BatchNorm
+    statistics were reset; the input normalisation (public) is kept. A parameter that cannot be
+    re-initialised is a one-line error. The constructor holds the template only, never ``head``."""
+    template = copy.deepcopy(head)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed) + ARCHITECTURE_SEED)  # not the stream a random-weight victim came from
+        for module in template.modules():
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+            if callable(getattr(module, "reset_running_stats", None)):
+                module.reset_running_stats()
+    original = dict(head.named_parameters())
+    for name, param in template.named_parameters():
+        if name in original and param.numel() > 1 and torch.equal(param, original[name]):
+            raise SplitinvError(
+                f"cannot give the head's architecture without its weights: parameter {name} has no "
+                "reset_parameters(); use an attack with white-box or black-box access."
+            )
+    template.train(False)
+    del original, head
+
+    def build() -> nn.Module:
+        return copy.deepcopy(template)
+
+    return build
+
+
 @dataclass
 class AttackContext:
     """Everything an attack may use in ``fit``, and nothing more (see the module docstring).
@@ -107,6 +145,9 @@ class AttackContext:
     data: Any = None
     trainer: Any = None
     cut: dict[str, Any] = field(default_factory=dict)
+    tail: nn.Module | None = None
+    architecture: Callable[[], nn.Module] | None = None
+    defense: Any = None
 
     @classmethod
     def for_attack(
@@ -123,15 +164,29 @@ class AttackContext:
         """The context ``attack``'s knowledge allows on ``split``: an oracle for black-box attacks, the
         modules for white-box ones; the undefended split for a naive (``defense_aware=False``) attacker."""
         modelled = split if attack.knowledge.defense_aware else split.undefended()
-        white = attack.knowledge.access == "white-box"
+        access = attack.knowledge.access
+        white, blind = access == "white-box", access in BLIND
+        tail = None
+        if access == "query-free":
+            tail = split._tail()
+            heads = {p.data_ptr() for p in split.head.parameters()}
+            if any(p.data_ptr() in heads for p in tail.parameters()):
+                raise SplitinvError(
+                    "a query-free attacker gets the tail, but this tail holds the head's weights (a "
+                    "forward-hook cut keeps the whole network): use cut_method=fx."
+                )
+        weightless = next(iter(modelled.defense.parameters()), None) is None
         return cls(
             image_shape=tuple(image_shape),  # type: ignore[arg-type]
-            oracle=modelled.oracle(),
+            oracle=None if blind else modelled.oracle(),
             split=modelled if white else None,
             victim=victim if white else None,
             data=None if attack.knowledge.aux_data == "none" else data,
             trainer=trainer,
             cut=dict(cut or {}),
+            tail=tail,
+            architecture=architecture_of(split.head, getattr(attack, "seed", 0)) if blind else None,
+            defense=modelled.defense if blind and weightless else None,
         )
 
     @classmethod
@@ -162,6 +217,18 @@ class AttackContext:
         if self.split is None:
             raise SplitinvError(f"{who} is a white-box attack: its context needs the split (context.split).")
         return self.split
+
+    def require_architecture(self, who: str) -> Callable[[], nn.Module]:
+        """The head's architecture without weights, or a one-line error naming the attack."""
+        if self.architecture is None:
+            raise SplitinvError(f"{who} needs the head's architecture: its context has none.")
+        return self.architecture
+
+    def require_tail(self, who: str) -> nn.Module:
+        """The server's half (query-free access), or a one-line error naming the attack."""
+        if self.tail is None:
+            raise SplitinvError(f"{who} is a query-free attack: its context needs the tail (context.tail).")
+        return self.tail
 
     def require_data(self, who: str) -> Any:
         if self.data is None:

@@ -12,10 +12,15 @@ image's elements (per image, so an image's observation does not depend on the re
 treated as a constant in the backward pass: the gradient through the defense is the identity, which is the
 expected gradient of ``h + sigma(h) * eps`` over the noise ``eps`` (what an adaptive attacker differentiates).
 Both draw from their own seeded generator (:class:`splitinv.defenses.common.SeededDefense`).
+
+:class:`GaussianNoise` also takes ``target_dfil`` instead of ``scale``: the run then sets ``sigma`` so that
+the mean dFIL (:mod:`splitinv.leakage`) over the auxiliary images is that target
+(:meth:`GaussianNoise.calibrate`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -23,9 +28,11 @@ import torch
 from splitinv.defenses.common import SeededDefense, check_bool, check_number
 from splitinv.errors import SplitinvError
 
+DEFAULT_SCALE = 0.1  # the noise scale when neither scale nor (gaussian) target_dfil is given
+
 
 class _AdditiveNoise(SeededDefense):
-    def __init__(self, scale: float = 0.1, relative: bool = False, seed: int = 0) -> None:
+    def __init__(self, scale: float = DEFAULT_SCALE, relative: bool = False, seed: int = 0) -> None:
         super().__init__(seed)
         scale = check_number(self.name, "scale", scale)
         if scale < 0:
@@ -57,10 +64,69 @@ class _AdditiveNoise(SeededDefense):
 
 
 class GaussianNoise(_AdditiveNoise):
-    """Adds ``N(0, sigma^2)`` noise per element; ``sigma = scale`` (or ``scale * std(h_i)`` when relative)."""
+    """Adds ``N(0, sigma^2)`` noise per element; ``sigma = scale`` (or ``scale * std(h_i)`` when relative).
+
+    ``scale=None`` takes ``DEFAULT_SCALE``, unless ``target_dfil`` is set: sigma is then calibrated on the
+    auxiliary images by the run (:meth:`calibrate`) so that their mean dFIL meets the target (absolute noise
+    only: relative noise leaks the activations' spread whatever its scale).
+    """
 
     name = "gaussian"
     strength_key = "scale"
+
+    def __init__(
+        self,
+        scale: float | None = None,
+        relative: bool = False,
+        seed: int = 0,
+        target_dfil: float | None = None,
+        calibration_images: int = 256,
+    ) -> None:
+        if target_dfil is not None and scale is not None:
+            raise SplitinvError(
+                f"gaussian defense: defense.scale={scale} and defense.target_dfil={target_dfil} both set: "
+                "give one (target_dfil chooses sigma itself)."
+            )
+        super().__init__(DEFAULT_SCALE if scale is None else scale, relative, seed)
+        self.target_dfil = None
+        if target_dfil is not None:
+            target = check_number(self.name, "target_dfil", target_dfil)
+            if target <= 0:
+                raise SplitinvError(f"gaussian defense: target_dfil must be > 0, got {target}.")
+            if self.relative:
+                raise SplitinvError(
+                    "gaussian defense: target_dfil needs absolute noise (relative=false): relative noise "
+                    "leaks the activations' spread at every scale."
+                )
+            self.target_dfil = target
+            self.scale = math.nan  # set by calibrate()
+            self.strength_key = "target_dfil"  # what a sweep over targets varies (tables, curves)
+        self.calibration_images = int(check_number(self.name, "calibration_images", calibration_images))
+        if self.calibration_images < 1:
+            raise SplitinvError("gaussian defense: calibration_images must be >= 1.")
+
+    def calibrate(self, head: torch.nn.Module, images: Any, device: Any = "cpu", probes: int = 32) -> float:
+        """Set sigma so that the mean dFIL of ``head`` over ``images`` (batches) is ``target_dfil``."""
+        from splitinv.leakage import calibrate_sigma
+
+        if self.target_dfil is None:
+            raise SplitinvError("gaussian defense: calibrate() needs defense.target_dfil.")
+        self.scale = calibrate_sigma(head, images, self.target_dfil, device=device, probes=probes)
+        return self.scale
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if math.isnan(self.scale):
+            raise SplitinvError(
+                "gaussian defense with target_dfil is not calibrated: call defense.calibrate(head, images) "
+                "(splitinv-run does it on the auxiliary images)."
+            )
+        return super().forward(h)
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        if self.target_dfil is not None:
+            out.update(target_dfil=self.target_dfil, calibration_images=self.calibration_images)
+        return out
 
     def _unit_noise(self, h: torch.Tensor) -> torch.Tensor:
         return torch.randn(h.shape, generator=self.generator(h.device), device=h.device, dtype=h.dtype)
