@@ -66,6 +66,7 @@ class QueryFreeAttack(OptimizationAttack):
 
     name = "query_free"
     per_image = True
+    budget = ("attack.steps", "trainer.max_epochs", "data.n_aux")  # the shadow head's training, then rMLE
 
     def __init__(
         self,

@@ -47,6 +47,7 @@ class UnSplitAttack(Attack):
 
     name = "unsplit"
     per_image = True
+    budget = ("attack.outer_steps", "attack.input_steps", "attack.clone_steps")
 
     def __init__(
         self,
