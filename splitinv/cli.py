@@ -483,9 +483,9 @@ examples:
 # no torch import; tests/test_report.py checks the two agree)
 TABLE_METRICS = (
     "psnr, ssim, lpips, recognisable, feature_error, label_agreement, accuracy_hat, evaluator_agreement, "
-    "state_error_h, state_error_cond, utility, utility_agreement, utility_test, beats_lowpass4, and the "
-    "trivial baselines' scores as <baseline>_<metric> with baseline grey, mean, lowpass4, lowpass8 and "
-    "metric ssim, psnr, lpips (e.g. lowpass4_ssim)"
+    "state_error_h, state_error_cond, utility, utility_agreement, utility_test, beats_lowpass4, beats_grey, "
+    "and the trivial baselines' scores as <baseline>_<metric> with baseline grey, mean, lowpass4, lowpass8 "
+    "and metric ssim, psnr, lpips (e.g. lowpass4_ssim)"
 )
 
 

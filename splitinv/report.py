@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from splitinv.baselines import NAMES as BASELINE_NAMES
+from splitinv.baselines import NO_BETTER_THAN_GREY, NO_BETTER_THAN_LOWPASS, verdict
 from splitinv.baselines import SCORED as BASELINE_METRICS
 from splitinv.errors import SplitinvError
 from splitinv.metrics import DIRECTION
@@ -34,9 +36,10 @@ KEYS = (
 UTILITY = {"utility": "higher", "utility_agreement": "higher", "utility_test": "higher"}
 # the trivial reconstructions scored on the same images (metrics.json "baselines"): e.g. lowpass4_ssim
 BASELINES = {f"{name}_{metric}": DIRECTION[metric] for name in BASELINE_NAMES for metric in BASELINE_METRICS}
-DIRECTIONS = {**DIRECTION, **UTILITY, "beats_lowpass4": "higher", **BASELINES}
+DIRECTIONS = {**DIRECTION, **UTILITY, "beats_lowpass4": "higher", "beats_grey": "higher", **BASELINES}
 LABELS = {
     "beats_lowpass4": "> lowpass4",
+    "beats_grey": "> grey",
     **{k: f"{k.split('_')[0]} {k.split('_')[1].upper()}" for k in BASELINES},
     "utility": "accuracy",
     "utility_agreement": "agreement",
@@ -161,6 +164,7 @@ def collect(sweep_dir: str | Path, *, trust_edited: bool = False) -> pd.DataFram
         cut_info = (rec.get("details") or {}).get("cut") or {}
         row.update(status=rec.get("status", "ok"), job=str(path.parent.relative_to(root)), error=None)
         row.update(cut_index=cut_info.get("index"), cut_depth=cut_info.get("relative_depth"))
+        row["n_images"] = (rec.get("ssim") or {}).get("n")  # images scored: an interval over one seed's
         # the attack's published setting (attack.preset), or splitinv's own defaults
         row["preset"] = ((rec.get("details") or {}).get("attack") or {}).get("preset") or "splitinv"
         for name in DIRECTION:
@@ -174,6 +178,9 @@ def collect(sweep_dir: str | Path, *, trust_edited: bool = False) -> pd.DataFram
         row["utility_test"] = math.nan if test.get("accuracy") is None else test["accuracy"]
         beats = rec.get("beats_lowpass4")
         row["beats_lowpass4"] = beats["mean"] if isinstance(beats, dict) else math.nan
+        beats = rec.get("beats_grey")
+        row["beats_grey"] = beats["mean"] if isinstance(beats, dict) else math.nan
+        row["verdict"] = rec.get("verdict")
         for name, scores in (rec.get("baselines") or {}).items():
             for metric, value in (scores or {}).items():
                 row[f"{name}_{metric}"] = value["mean"] if isinstance(value, dict) else math.nan
@@ -249,12 +256,74 @@ def _natural(key: Any) -> list[Any]:
     return [(0, float(p), "") if re.fullmatch(r"\d+(?:\.\d+)?", p) else (1, 0.0, p) for p in parts]
 
 
-def _fmt(mean: float, std: float, n: int, digits: int) -> str:
-    if n == 0 or mean is None or (isinstance(mean, float) and math.isnan(mean)):
+CONFIDENCE = 0.95  # of every interval in tables, the privacy-utility figure and the advisor
+# a marker on a table's attack numbers whose verdict (from the fractions averaged over seeds) is not "leaks"
+VERDICT_MARKS = {NO_BETTER_THAN_LOWPASS: "†", NO_BETTER_THAN_GREY: "‡"}
+IMAGES_MARK = "§"  # one seed: its interval is over that seed's images, not over seeds
+
+
+def interval(
+    seed_means: Sequence[float], image_std: float | None = None, images: int | None = None
+) -> tuple[float, float, str]:
+    """(mean, half-width of the 95 % interval, what it is over: ``seeds``, ``images`` or ``""``).
+
+    Two seeds or more: Student's t over the per-seed means (``scipy.stats.t``, k - 1 degrees of freedom).
+    One seed: t over that seed's images from their sample std and count (``images``); without them, no
+    interval (NaN). Never an interval over seeds from one seed."""
+    from scipy import stats
+
+    values = np.asarray([float(v) for v in seed_means if v is not None and v == v], dtype=float)
+    if len(values) == 0:
+        return math.nan, math.nan, ""
+    mean = float(values.mean())
+    if len(values) >= 2:
+        k, sem = len(values) - 1, float(stats.sem(values))
+        return mean, (float(stats.t.ppf(0.5 + CONFIDENCE / 2, k)) * sem if sem > 0 else 0.0), "seeds"
+    if image_std is not None and image_std == image_std and images is not None and int(images) >= 2:
+        sem = float(image_std) / math.sqrt(int(images))
+        return (
+            mean,
+            (float(stats.t.ppf(0.5 + CONFIDENCE / 2, int(images) - 1)) * sem if sem > 0 else 0.0),
+            "images",
+        )
+    return mean, math.nan, ""
+
+
+def _seed_means(jobs: pd.DataFrame, metric: str) -> pd.Series:
+    """``metric`` averaged per seed over ``jobs`` (any other key varying among them is averaged first)."""
+    have = jobs[jobs[metric].notna()] if metric in jobs else jobs.iloc[0:0]
+    seed = have["seed"].astype(str) if "seed" in have else pd.Series("", index=have.index)
+    return have.groupby(seed, sort=False, dropna=False)[metric].mean().astype(float)
+
+
+def cell_stats(jobs: pd.DataFrame, metric: str) -> dict[str, Any]:
+    """Mean over seeds, the 95 % half-width (:func:`interval`), the std of the per-seed means, and n: jobs,
+    seeds and images per job (one number, ``a-b`` when jobs differ, None when unknown)."""
+    means = _seed_means(jobs, metric)
+    have = jobs[jobs[metric].notna()] if metric in jobs else jobs.iloc[0:0]
+    one = len(have) == 1  # one seed of one job: its own images give the interval
+    image_std = have[f"{metric}_std"].iloc[0] if one and f"{metric}_std" in have else None
+    counts = sorted({int(n) for n in have.get("n_images", pd.Series(dtype=float)).dropna()})
+    mean, half, over = interval(means.tolist(), image_std, counts[0] if one and counts else None)
+    images = None if not counts else (str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}")
+    return {
+        "mean": mean,
+        "std": float(means.std(ddof=1)) if len(means) > 1 else math.nan,
+        "count": len(have),
+        "half": half,
+        "seeds": len(means),
+        "images": images,
+        "over": over,
+    }
+
+
+def _fmt(stats: Any, digits: int) -> str:
+    mean, half = stats["mean"], stats["half"]
+    if not stats["count"] or mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "n/a"
     text = f"{mean:.{digits}f}"
-    if n > 1:
-        text += f" ± {std:.{digits}f}"
+    if isinstance(half, float) and math.isfinite(half):
+        text += f" ± {half:.{digits}f}" + (IMAGES_MARK if stats["over"] == "images" else "")
     return text
 
 
@@ -263,7 +332,9 @@ def _digits(metric: str) -> int:
 
 
 def aggregate(frame: pd.DataFrame, rows: str, cols: str | None, metrics: Sequence[str]) -> pd.DataFrame:
-    """Mean and std over seeds (and any other unlisted key) per (rows, cols) cell, with run counts.
+    """Per (rows, cols) cell: each metric's :func:`cell_stats` (mean over seeds, 95 % half-width, n), the
+    finished runs, the other statuses, the fractions that beat grey and the 4x4 low-pass averaged over seeds
+    and their :func:`splitinv.baselines.verdict`.
 
     A key may join several with ``+`` (``cut+attacker``: one column per cut point and attacker).
     """
@@ -282,21 +353,63 @@ def aggregate(frame: pd.DataFrame, rows: str, cols: str | None, metrics: Sequenc
         raise SplitinvError(f"unknown metric {unknown[0]!r}: use some of {', '.join(DIRECTIONS)}.")
     keys = [rows, cols] if cols else [rows]
     frame[keys] = frame[keys].astype(str)
-    ok = frame[frame["status"] == "ok"]
-    out = ok.groupby(keys, sort=False)[list(metrics)].agg(["mean", "std", "count"])
-    status = frame.groupby(keys, sort=False)["status"].agg(lambda s: ",".join(sorted(set(s) - {"ok"})))
-    runs = frame.groupby(keys, sort=False)["status"].agg(lambda s: int((s == "ok").sum()))
-    out = out.reindex(status.index)
-    out[("runs", "")] = runs
-    out[("problems", "")] = status
     jobs = frame["job"].astype(str) if "job" in frame else pd.Series("", index=frame.index)
-    out[("published", "")] = (
-        jobs.str.startswith("published:").groupby([frame[k] for k in keys], sort=False).all()
-    )
-    depth = frame.groupby(keys, sort=False)["cut_depth"].agg("mean") if "cut_depth" in frame else None
-    if depth is not None:
-        out[("depth", "")] = depth
+    cells: dict[Any, dict[tuple[str, str], Any]] = {}
+    for key, group in frame.groupby(keys, sort=False):
+        ok = group[group["status"] == "ok"]
+        cell: dict[tuple[str, str], Any] = {}
+        for m in metrics:
+            cell.update({(m, stat): value for stat, value in cell_stats(ok, m).items()})
+        cell[("runs", "")] = len(ok)
+        cell[("problems", "")] = ",".join(sorted(set(group["status"]) - {"ok"}))
+        cell[("published", "")] = bool(jobs[group.index].str.startswith("published:").all())
+        if "cut_depth" in group:
+            cell[("depth", "")] = pd.to_numeric(group["cut_depth"], errors="coerce").mean()
+        fractions = [
+            _seed_means(ok, f).mean() if f in ok else math.nan for f in ("beats_grey", "beats_lowpass4")
+        ]
+        cell[("beats_grey", "")], cell[("beats_lowpass4", "")] = fractions
+        cell[("verdict", "")] = verdict(*fractions)
+        cells[key[0] if len(keys) == 1 else tuple(key)] = cell
+    out = pd.DataFrame.from_dict(cells, orient="index")
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    if len(keys) > 1:
+        out.index = pd.MultiIndex.from_tuples(out.index, names=keys)
+    else:
+        out.index.name = keys[0]
     return out
+
+
+def _legend(agg: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
+    """What a table's ±, n, markers and arrows mean (the markers only where it shows them)."""
+    lines = [
+        f"mean ± half-width of a {CONFIDENCE:.0%} Student-t interval over the per-seed means (jobs of one "
+        "seed averaged first); n = seeds × images per job."
+    ]
+    if any(agg[(m, "over")].eq("images").any() for m in metrics):
+        lines.append(
+            f"{IMAGES_MARK} one seed: the interval is over that seed's images, not over seeds "
+            "(run more seeds)."
+        )
+    shown = set(agg[("verdict", "")]) if any(m in DIRECTION for m in metrics) else set()
+    for word, what in ((NO_BETTER_THAN_LOWPASS, "a 4x4 low-pass image"), (NO_BETTER_THAN_GREY, "grey")):
+        if word in shown:
+            lines.append(
+                f"{VERDICT_MARKS[word]} {word}: at most half of the images beat {what} (fractions "
+                "averaged over seeds): the attack recovered little, which is no evidence of privacy."
+            )
+    arrow = {"lower": "↓", "higher": "↑"}
+    views = (
+        ("attacker", [m for m in metrics if m not in UTILITY]),
+        ("user", [m for m in metrics if m in UTILITY]),
+    )
+    parts = [
+        f"{who}: " + ", ".join(f"{LABELS.get(m, m)} {arrow[DIRECTIONS[m]]}" for m in these)
+        for who, these in views
+        if these
+    ]
+    lines.append(f"Arrows: which way is better, and for whom ({'; '.join(parts)}).")
+    return lines
 
 
 def table(
@@ -306,9 +419,11 @@ def table(
     metrics: Sequence[str] = ("lpips", "ssim", "psnr"),
     fmt: str = "md",
 ) -> str:
-    """A paper table: mean ± std over seeds, the best value per column marked, arrows for each direction.
+    """A paper table: mean ± 95 % half-width over seeds and n (seeds × images), the best value per column
+    marked, arrows for each direction (and whose), a marker on attack numbers whose verdict is not ``leaks``.
 
-    fmt: ``md`` (best in **bold**), ``latex`` (booktabs, best in \\textbf), ``csv`` (plain numbers).
+    fmt: ``md`` (best in **bold**), ``latex`` (booktabs, best in \\textbf), ``csv`` (plain numbers: mean,
+    std of the seed means, jobs, half-width, seeds, images, what the interval is over; verdict).
     """
     if fmt not in ("md", "latex", "csv"):
         raise SplitinvError(f"unknown table format {fmt!r}: use md, latex or csv.")
@@ -331,14 +446,32 @@ def table(
         if key not in agg.index:
             return "—", None
         line = agg.loc[key]
-        n = int(line[(m, "count")]) if not pd.isna(line[(m, "count")]) else 0
+        stats = {s: line[(m, s)] for s in ("mean", "half", "count", "over")}
+        n = int(stats["count"]) if not pd.isna(stats["count"]) else 0
         problems = line[("problems", "")]
-        text = _fmt(line[(m, "mean")], line[(m, "std")], n, _digits(m))
+        text = _fmt(stats, _digits(m))
+        if n and m in DIRECTION:
+            text += VERDICT_MARKS.get(line[("verdict", "")], "")
         if problems:
             text = f"{text} ({problems})" if n else problems
         if bool(line.get(("published", ""), False)):  # a paper's number is beside ours, never "best"
             return text, None
         return text, (line[(m, "mean")] if n else None)
+
+    def sizes(r: str) -> str:
+        found = []
+        for c in col_keys:
+            key = (r, c) if cols else r
+            if key not in agg.index:
+                continue
+            line = agg.loc[key]
+            counted = [m for m in metrics if line[(m, "count")]]
+            if bool(line.get(("published", ""), False)):
+                found.append("published")
+            elif counted:
+                seeds, images = line[(counted[0], "seeds")], line[(counted[0], "images")]
+                found.append(f"{seeds} × {images}" if images else f"{seeds} seed{'s' if seeds != 1 else ''}")
+        return ", ".join(dict.fromkeys(found)) or "0"
 
     best: dict[tuple[str | None, str], float] = {}
     for c in col_keys:
@@ -353,7 +486,11 @@ def table(
             a = arrow[DIRECTIONS[m]][0 if fmt == "md" else 1]
             label = f"{LABELS.get(m, m)} {a}"
             header.append(f"{c} {label}" if c is not None and len(col_keys) > 1 else label)
-    esc = str.maketrans({"_": r"\_", "%": r"\%", "&": r"\&", "±": r"$\pm$", "≥": r"$\geq$"})
+    header.append("n (seeds × images)")
+    esc = str.maketrans(
+        {"_": r"\_", "%": r"\%", "&": r"\&", "±": r"$\pm$", "≥": r"$\geq$", "×": r"$\times$",
+         "†": r"$^\dagger$", "‡": r"$^\ddagger$", "§": r"$^\S$", "↑": r"$\uparrow$", "↓": r"$\downarrow$"}
+    )  # fmt: skip
     body = []
     for r in row_keys:
         line = [r if fmt == "md" else r.translate(esc)]
@@ -364,26 +501,30 @@ def table(
                 if value is not None and best.get((c, m)) == value:
                     text = f"**{text}**" if fmt == "md" else rf"\textbf{{{text}}}"
                 line.append(text)
+        line.append(sizes(r) if fmt == "md" else sizes(r).translate(esc))
         body.append(line)
+    legend = _legend(agg, metrics)
     if fmt == "md":
         out = ["| " + " | ".join([rows, *header]) + " |", "|" + "---|" * (len(header) + 1)]
         out += ["| " + " | ".join(line) + " |" for line in body]
         if cols and len(col_keys) == 1 and col_keys[0] is not None:
             out.insert(0, f"{cols}: {col_keys[0]}\n")
-        return "\n".join(out) + "\n"
+        return "\n".join(out) + "\n\n" + "\n".join(legend) + "\n"
     spec = "l" + "c" * len(header)
     out = [r"\begin{tabular}{" + spec + "}", r"\toprule"]
     if cols and len(col_keys) > 1:
         groups = [rf"\multicolumn{{{len(metrics)}}}{{c}}{{{str(c).translate(esc)}}}" for c in col_keys]
-        out.append(" & " + " & ".join(groups) + r" \\")
+        out.append(" & " + " & ".join(groups) + r" & \\")
         starts = [2 + i * len(metrics) for i in range(len(col_keys))]
         out.append(" ".join(rf"\cmidrule(lr){{{s}-{s + len(metrics) - 1}}}" for s in starts))
         header = [f"{LABELS.get(m, m)} {arrow[DIRECTIONS[m]][1]}" for _ in col_keys for m in metrics]
+        header.append("n (seeds × images)")
     out.append(" & ".join([rows.translate(esc), *[h.translate(esc) for h in header]]) + r" \\")
     out.append(r"\midrule")
     for line in body:
         out.append(" & ".join(line) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
+    out += ["", r"\smallskip\footnotesize"] + [n.translate(esc) + r"\par" for n in legend]
     return "\n".join(out) + "\n"
 
 
