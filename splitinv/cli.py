@@ -85,6 +85,7 @@ def _table(args: argparse.Namespace) -> None:
 
 def _plot(args: argparse.Namespace) -> None:
     from splitinv.report import (
+        chance_accuracy,
         collect,
         plot_depth,
         plot_privacy_utility,
@@ -96,7 +97,8 @@ def _plot(args: argparse.Namespace) -> None:
     out = Path(args.output or Path(args.sweep_dir) / "figures")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if args.privacy_utility:
-        paths = [p for m in metrics for p in plot_privacy_utility(frame, out, m)]
+        chance = chance_accuracy(frame, args.sweep_dir)
+        paths = [p for m in metrics for p in plot_privacy_utility(frame, out, m, chance)]
     else:
         paths = plot_depth(frame, out, metrics)
         paths += plot_reconstructions(frame, args.sweep_dir, out, n=args.images)

@@ -688,11 +688,39 @@ def _first_images(
     return None
 
 
-def plot_privacy_utility(frame: pd.DataFrame, out_dir: str | Path, metric: str = "ssim") -> list[Path]:
+def chance_accuracy(frame: pd.DataFrame, sweep_dir: str | Path) -> float | None:
+    """1 / classes of the victim the finished jobs of ``frame`` attacked (their metrics.json), or None when
+    no job says (or they disagree)."""
+    classes = set()
+    for job in frame.loc[frame["status"] == "ok", "job"].astype(str):
+        rec, _ = _read_json(Path(sweep_dir) / job / METRICS_FILE)
+        victim = ((rec or {}).get("details") or {}).get("victim") or {} if isinstance(rec, dict) else {}
+        if isinstance(victim.get("num_classes"), int) and victim["num_classes"] > 0:
+            classes.add(victim["num_classes"])
+    return 1.0 / classes.pop() if len(classes) == 1 else None
+
+
+def _span(low: float | None, high: float | None, values: Sequence[float]) -> tuple[float, float]:
+    """Axis limits from ``low`` to ``high`` (either may be None: the data's end instead), widened only to
+    take in data (means ± intervals) outside them."""
+    data = [float(v) for v in values if v == v]
+    lo = min([v for v in (low, high) if v is not None and v == v] + data)
+    hi = max([v for v in (low, high) if v is not None and v == v] + data)
+    if hi <= lo:  # one value: a small span around it
+        pad = 0.05 * (abs(hi) or 1.0)
+        return lo - pad, hi + pad
+    return lo, hi
+
+
+def plot_privacy_utility(
+    frame: pd.DataFrame, out_dir: str | Path, metric: str = "ssim", chance: float | None = None
+) -> list[Path]:
     """Privacy-utility curves: the defended split's accuracy (x) against an attack metric (y), one panel per
-    cut point, one curve per defense and attacker over the defense's strength (mean over seeds), adaptive
-    attackers solid, naive ones dashed, the undefended split a black star. Writes
-    privacy_utility_<metric>.png and .pdf into ``out_dir``."""
+    cut point, one curve per defense and attacker in order of the defense's strength: mean over seeds with
+    95 % intervals as error bars (:func:`cell_stats`), adaptive attackers solid, naive ones dashed, the
+    undefended split a black star. Axes run from chance accuracy (``chance``, 1 / classes) and the grey
+    image's score (the baseline every run records) to the undefended split's values, widened only to take
+    in data beyond them; the axis labels state both ends. Writes privacy_utility_<metric>.png and .pdf."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -712,35 +740,74 @@ def plot_privacy_utility(frame: pd.DataFrame, out_dir: str | Path, metric: str =
             "no defended runs in this sweep: sweep defense=... to draw privacy-utility curves."
         )
     cuts = sorted(ok["cut"].astype(str).unique(), key=lambda c: ok[ok["cut"] == c]["cut_depth"].mean())
-    fig, axes = plt.subplots(1, len(cuts), figsize=(4.0 * len(cuts), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(cuts), figsize=(4.4 * len(cuts), 3.6), squeeze=False)
     colours = {d: f"C{i}" for i, d in enumerate(sorted(set(ok["defense"]) - {"none"}))}
+    label = LABELS.get(metric, metric)
+    safer = "lower" if DIRECTION[metric] == "higher" else "higher"  # a worse reconstruction leaks less
+    where = "test split" if x_key == "utility_test" else "evaluation images"
     for ax, cut in zip(axes[0], cuts, strict=True):
         here = ok[ok["cut"].astype(str) == cut]
+        xs: list[float] = []
+        ys: list[float] = []
         for (defense, attacker), group in here[here["defense"] != "none"].groupby(["defense", "attacker"]):
-            stats = group.groupby("defense_strength", dropna=False)[[x_key, metric]].mean().reset_index()
-            stats = stats.sort_values("defense_strength", key=lambda s: pd.to_numeric(s, errors="coerce"))
+            order = sorted(
+                group.groupby("defense_strength", dropna=False, sort=False).groups.items(),
+                key=lambda kv: _natural(kv[0]),
+            )
+            points = [
+                (cell_stats(group.loc[idx], x_key), cell_stats(group.loc[idx], metric)) for _, idx in order
+            ]
+            x = [p[0]["mean"] for p in points]
+            y = [p[1]["mean"] for p in points]
+            xerr = [0.0 if p[0]["half"] != p[0]["half"] else p[0]["half"] for p in points]
+            yerr = [0.0 if p[1]["half"] != p[1]["half"] else p[1]["half"] for p in points]
+            style = "--" if attacker == "naive" else "-"
             ax.plot(
-                stats[x_key],
-                stats[metric],
+                x,
+                y,
                 marker="o",
                 ms=3,
                 color=colours[defense],
-                linestyle="--" if attacker == "naive" else "-",
+                linestyle=style,
                 label=f"{defense} ({attacker})",
             )
+            ax.errorbar(
+                x, y, xerr=xerr, yerr=yerr, fmt="none", ecolor=colours[defense], elinewidth=0.8, capsize=2
+            )
+            xs += [v + s * e for v, e in zip(x, xerr, strict=True) for s in (-1, 1)]
+            ys += [v + s * e for v, e in zip(y, yerr, strict=True) for s in (-1, 1)]
         clean = here[here["defense"] == "none"]
+        top_x = top_y = None
         if not clean.empty:
-            ax.plot(clean[x_key].mean(), clean[metric].mean(), "k*", ms=9, label="no defense")
+            cx, cy = cell_stats(clean, x_key), cell_stats(clean, metric)
+            top_x, top_y = cx["mean"], cy["mean"]
+            errs = [[0.0 if s["half"] != s["half"] else s["half"]] for s in (cx, cy)]
+            ax.errorbar(
+                [top_x], [top_y], xerr=errs[0], yerr=errs[1], fmt="k*", ms=9, capsize=2, label="no defense"
+            )
+            xs += [top_x - errs[0][0], top_x + errs[0][0]]
+            ys += [top_y - errs[1][0], top_y + errs[1][0]]
+        grey_key = f"grey_{metric}"
+        grey = here[grey_key].mean() if grey_key in here and here[grey_key].notna().any() else None
+        ax.set_xlim(*_span(chance, top_x, xs))
+        ax.set_ylim(*_span(grey, top_y, ys))
         ax.set_title(f"cut {cut}", fontsize=9)
-        where = "test split" if x_key == "utility_test" else "evaluation images"
-        ax.set_xlabel(f"accuracy of the defended split ({where}) ↑")
-        safer = "lower" if DIRECTION[metric] == "higher" else "higher"  # a worse reconstruction leaks less
-        ax.set_ylabel(f"attack {LABELS.get(metric, metric)} ({safer} leaks less)")
+        start = f"chance {chance:.3f}" if chance is not None else "the data (chance unknown)"
+        end = f"undefended {top_x:.3f}" if top_x is not None else "the data (no undefended run)"
+        ax.set_xlabel(f"accuracy of the defended split ({where}) ↑\naxis: {start} to {end}", fontsize=8)
+        start = f"grey image {grey:.3f}" if grey is not None else "the data (grey baseline not scored)"
+        end = f"undefended {top_y:.3f}" if top_y is not None else "the data (no undefended run)"
+        ax.set_ylabel(f"attack {label} ({safer} leaks less)\naxis: {start} to {end}", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     victims = ", ".join(sorted(ok["victim"].astype(str).unique()))
     attacks = ", ".join(sorted(ok["attack"].astype(str).unique()))
-    fig.suptitle(f"privacy-utility: {victims}; attacks: {attacks}", fontsize=9)
+    seeds = int(ok["seed"].astype(str).nunique()) if "seed" in ok else 1
+    fig.suptitle(
+        f"privacy-utility: {victims}; attacks: {attacks}; mean over {seeds} seed{'s' if seeds != 1 else ''}, "
+        f"bars: {CONFIDENCE:.0%} t interval over seeds (one seed: over its images)",
+        fontsize=8,
+    )
     fig.tight_layout()
     return _save_figure(fig, Path(out_dir) / f"privacy_utility_{metric}")
 
