@@ -541,7 +541,8 @@ def _series_keys(frame: pd.DataFrame) -> list[str]:
 def plot_depth(
     frame: pd.DataFrame, out_dir: str | Path, metrics: Sequence[str] = ("lpips", "ssim", "psnr")
 ) -> list[Path]:
-    """Quality against relative cut depth, one curve per architecture (and attack), mean ± std over seeds.
+    """Quality against relative cut depth, one curve per architecture (and attack): mean over seeds and its
+    95 % interval (:func:`cell_stats`).
 
     Writes quality_vs_depth.png and .pdf into ``out_dir``.
     """
@@ -558,12 +559,13 @@ def plot_depth(
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.0), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         for label, group in ok.groupby(keys, sort=True):
-            stats = group.groupby("cut_depth")[metric].agg(["mean", "std", "count"]).reset_index()
+            depths = sorted(group["cut_depth"].unique())
+            stats = [cell_stats(group[group["cut_depth"] == d], metric) for d in depths]
             name = " / ".join(str(v) for v in (label if isinstance(label, tuple) else (label,)))
             ax.errorbar(
-                stats["cut_depth"],
-                stats["mean"],
-                yerr=stats["std"].fillna(0),
+                depths,
+                [c["mean"] for c in stats],
+                yerr=[0.0 if c["half"] != c["half"] else c["half"] for c in stats],
                 marker="o",
                 ms=3,
                 capsize=2,
@@ -571,11 +573,12 @@ def plot_depth(
             )
         arrow = "↓" if DIRECTION[metric] == "lower" else "↑"
         ax.set_xlabel("relative cut depth")
-        ax.set_ylabel(f"{LABELS.get(metric, metric)} {arrow}")
+        ax.set_ylabel(f"{LABELS.get(metric, metric)} {arrow} (attacker: {DIRECTION[metric]} is better)")
         ax.set_xlim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, frameon=False)
-    fig.suptitle(_figure_title(ok), fontsize=9)
+    bars = f"bars: {CONFIDENCE:.0%} t interval over seeds (one seed: over its images)"
+    fig.suptitle(f"{_figure_title(ok)}; {bars}", fontsize=9)
     fig.tight_layout()
     return _save_figure(fig, Path(out_dir) / "quality_vs_depth")
 
