@@ -471,3 +471,55 @@ def test_split_advisor_cpu_runs_end_to_end(tmp_path: Path, quickstart_victim: Pa
     )
     assert proc.returncode == 0 and "no cut point meets all of" in proc.stdout
     assert "max_device_mflops <= 0.001 MFLOPs binds" in proc.stdout
+
+
+def test_weak_and_unscored_attacks_the_reference_rows_and_the_capped_ranking(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from scipy import stats
+
+    from splitinv.results import save_images
+
+    root = tmp_path / "sweep"
+    util = {"accuracy": 0.8, "agreement": 1.0, "n": 4}
+    # layer1: the decoder beats the low-pass on 3 of 4 images; rMLE was run without baselines (unscored)
+    _fake_run(root, "0", "layer1", "decoder", 0.60, utility=util, beats=(1.0, 0.75))
+    _fake_run(root, "1", "layer1", "rmle", 0.50, utility=util, beats=None)
+    # layer2: its strongest attack beats grey, not the low-pass (seed means 0.5 and 0.25 -> 0.375)
+    _fake_run(root, "2", "layer2", "decoder", 0.20, utility=util, beats=(1.0, 0.5))
+    _fake_run(root, "3", "layer2", "decoder", 0.202, seed=1, utility=util, beats=(1.0, 0.25))
+    # layer3: one seed, SSIM 0.28 with std 0.1 over 4 images: its upper end (0.28 + t_3 x 0.05) is above 0.3
+    _fake_run(root, "4", "layer3", "decoder", 0.28, std=0.1, utility=util)
+    _fake_run(root, "5", "avgpool", "decoder", 0.10, utility=util)
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    save_images(root / "0" / "images.pt", images, images)
+    table = adv.advise(root, cuts="stages", latency_runs=1, warmup=0, jpeg_quality=75)
+    rows = table.set_index("cut")
+    assert rows.loc["layer1", "attacks"] == 1 and rows.loc["layer1", "attack_names"] == "decoder"
+    assert rows.loc["layer1", "verdict"] == "leaks" and not rows.loc["layer1", "weak"]
+    assert rows.loc["layer2", "verdict"] == "no better than a low-pass image" and rows.loc["layer2", "weak"]
+    assert rows.loc["layer2", "pareto"] is None  # a weak attack's low SSIM is not a private cut
+    upper = 0.28 + stats.t.ppf(0.975, 3) * 0.1 / 2
+    assert (
+        rows.loc["layer3", "ssim_hi"] == pytest.approx(upper) and rows.loc["layer3", "ssim_over"] == "images"
+    )
+    # the reference rows: the image's uint8 bytes and its JPEG size measured on images.pt; the label's byte
+    image, device = rows.loc["image"], rows.loc["device"]
+    assert image["payload_bytes"] == 3 * 32 * 32 and image["device_flops"] == 0 and image["ssim"] == 1.0
+    assert image["jpeg_bytes"] == pytest.approx(sum(adv.jpeg_bytes(images, 75)) / 3)
+    assert device["payload_bytes"] == 1 and device["tail_flops"] == 0
+    assert device["device_flops"] == image["tail_flops"] == rows.loc["avgpool", "device_flops"] + 2 * 512 * 10
+    md = adv.render(table, "md")
+    assert rows.loc["layer2", "ssim_hi"] < 0.3  # under the cap, yet left out below
+    assert "| 0.201 ±" in md and "⚠ |" in md and "attack too weak" in md and "| baseline |" in md
+    assert "JPEG at quality 75" in md and "the 3 evaluation images in job 0's images.pt" in md
+    verdict = adv.constrain(table, {"max_ssim": 0.3})
+    # layer2 (weak) and layer3 (upper end above the cap) are left out, the device row leaks nothing
+    assert list(verdict.rows["cut"]) == ["device", "avgpool"]
+    fast = adv.constrain(
+        adv.estimate_latency(table, adv.DeviceProfile("t", 1000, 0.1, 1000)), {"max_ssim": 1}
+    )
+    e2e = fast.rows["e2e_ms"].tolist()
+    assert e2e == sorted(e2e) and fast.rows["cut"].iloc[0] == "device"  # a slow uplink: the label wins
+    with pytest.raises(SplitinvError, match="JPEG quality 0"):
+        adv.jpeg_bytes(images, 0)
