@@ -419,20 +419,26 @@ def test_split_advisor_cpu_runs_end_to_end(tmp_path: Path, quickstart_victim: Pa
     assert len(records) == 10 and {r["attack"] for r in records} == {"decoder", "rmle"}
     table = pd.read_csv(out / "advise.csv")
     victim = _victim()
-    assert list(table["cut"]) == cut_points(victim)  # every cut point, the 5 stages attacked
+    # every cut point between the image and device rows, the 5 stages attacked
+    assert list(table["cut"]) == ["image", *cut_points(victim), "device"]
     attacked = table[table["attacked"]]
     assert list(attacked["cut"]) == stage_points(victim) and (attacked["attacks"] == 2).all()
-    assert attacked["pareto"].isin([True, False]).all() and attacked["pareto"].any()
+    assert not attacked.iloc[0]["weak"]  # the CPU-sized attacks beat the 4x4 low-pass at the shallowest cut
+    strong, weak = attacked[~attacked["weak"]], attacked[attacked["weak"]]
+    assert strong["pareto"].isin([True, False]).all() and strong["pareto"].any()
+    assert weak["pareto"].isna().all()
     assert table.loc[~table["attacked"], "pareto"].isna().all()
     assert attacked["accuracy"].notna().all()
     md = (out / "advise.md").read_text()
     assert "| Pareto |" in md and "not attacked" in md
     assert (out / "advise_pareto.png").stat().st_size > 10_000
     # a constraint query on the finished sweep (read, not rerun): the answer the table implies
-    limit = float(attacked["ssim"].median())
+    limit = float(strong["ssim_hi"].median())  # at least one strong cut meets it
     budget = (float(attacked["device_flops"].max()) + 1) / 1e6  # every attacked cut fits
-    expected = attacked[(attacked["ssim"] <= limit) & (attacked["device_flops"] <= budget * 1e6)]
-    expected = expected.sort_values(["ssim", "device_flops", "payload_bytes"])
+    expected = strong[(strong["ssim_hi"] <= limit) & (strong["device_flops"] <= budget * 1e6)]
+    expected = expected.sort_values(
+        ["ssim_hi", "device_flops", "payload_bytes"]
+    )  # the device row: too costly
     proc = _console(
         "splitinv",
         "advise",
@@ -448,7 +454,7 @@ def test_split_advisor_cpu_runs_end_to_end(tmp_path: Path, quickstart_victim: Pa
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert re.search(rf"{len(expected)} of 15 cut points meets? max_ssim <= {limit:g}", proc.stdout)
+    assert re.search(rf"{len(expected)} of 17 rows meets? max_ssim <= {limit:g}", proc.stdout)
     ranked = [
         ln.split(":")[0].split(". ", 1)[1]
         for ln in proc.stdout.splitlines()
@@ -469,7 +475,7 @@ def test_split_advisor_cpu_runs_end_to_end(tmp_path: Path, quickstart_victim: Pa
         str(tmp_path / "none"),
         cwd=tmp_path,
     )
-    assert proc.returncode == 0 and "no cut point meets all of" in proc.stdout
+    assert proc.returncode == 0 and "no row meets all of" in proc.stdout
     assert "max_device_mflops <= 0.001 MFLOPs binds" in proc.stdout
 
 
