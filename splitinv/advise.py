@@ -1105,7 +1105,7 @@ def _columns(table: pd.DataFrame) -> list[tuple[str, str, Any]]:
         cols.append(("e2e ms (est.) ↓", r"e2e ms (est.) $\downarrow$", lambda r: _f(r["e2e_ms"], 1)))
     cols += [
         ("SSIM ↓", r"SSIM $\downarrow$", _leak_cell),
-        ("n", "n", lambda r: r.get("ssim_n") or ("—" if not r["attacked"] else "")),
+        ("n", "n", lambda r: r["ssim_n"] if r["attacked"] and isinstance(r.get("ssim_n"), str) else "—"),
         ("LPIPS ↑", r"LPIPS $\uparrow$", lambda r: "—" if r.get("baseline") else _f(r["lpips"], 3)),
         ("strongest attack", "strongest attack", lambda r: r["ssim_attack"] if r["attacked"] else "—"),
         ("verdict", "verdict", lambda r: r["verdict"] if r["attacked"] else "—"),

@@ -383,7 +383,7 @@ def aggregate(frame: pd.DataFrame, rows: str, cols: str | None, metrics: Sequenc
 def _legend(agg: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
     """What a table's ±, n, markers and arrows mean (the markers only where it shows them)."""
     lines = [
-        f"mean ± half-width of a {CONFIDENCE:.0%} Student-t interval over the per-seed means (jobs of one "
+        f"mean ± half-width of a {CONFIDENCE * 100:g} % Student-t interval over the per-seed means (jobs of one "
         "seed averaged first); n = seeds × images per job."
     ]
     if any(agg[(m, "over")].eq("images").any() for m in metrics):
@@ -577,7 +577,7 @@ def plot_depth(
         ax.set_xlim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, frameon=False)
-    bars = f"bars: {CONFIDENCE:.0%} t interval over seeds (one seed: over its images)"
+    bars = f"bars: {CONFIDENCE * 100:g} % t interval over seeds (one seed: over its images)"
     fig.suptitle(f"{_figure_title(ok)}; {bars}", fontsize=9)
     fig.tight_layout()
     return _save_figure(fig, Path(out_dir) / "quality_vs_depth")
@@ -808,7 +808,7 @@ def plot_privacy_utility(
     seeds = int(ok["seed"].astype(str).nunique()) if "seed" in ok else 1
     fig.suptitle(
         f"privacy-utility: {victims}; attacks: {attacks}; mean over {seeds} seed{'s' if seeds != 1 else ''}, "
-        f"bars: {CONFIDENCE:.0%} t interval over seeds (one seed: over its images)",
+        f"bars: {CONFIDENCE * 100:g} % t interval over seeds (one seed: over its images)",
         fontsize=8,
     )
     fig.tight_layout()

@@ -223,7 +223,7 @@ def test_tables_show_the_t_interval_over_seeds_n_and_the_verdict_of_the_seed_mea
     }
     assert [c.strip() for c in rows["layer1"]] == [f"**{values.mean():.3f} ± {half:.3f}†**", "n/a", "3 × 8"]
     assert [c.strip() for c in rows["layer2"]] == [f"0.300 ± {images_half:.3f}§‡", "n/a", "1 × 8"]
-    assert "95% Student-t interval over the per-seed means" in text
+    assert "95 % Student-t interval over the per-seed means" in text
     assert "§ one seed: the interval is over that seed's images" in text
     assert "† no better than a low-pass image" in text and "‡ no better than grey" in text
     assert "Arrows: which way is better, and for whom (attacker: SSIM ↑; user: accuracy ↑)" in text
