@@ -383,8 +383,8 @@ def aggregate(frame: pd.DataFrame, rows: str, cols: str | None, metrics: Sequenc
 def _legend(agg: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
     """What a table's ±, n, markers and arrows mean (the markers only where it shows them)."""
     lines = [
-        f"mean ± half-width of a {CONFIDENCE * 100:g} % Student-t interval over the per-seed means (jobs of one "
-        "seed averaged first); n = seeds × images per job."
+        f"mean ± half-width of a {CONFIDENCE * 100:g} % Student-t interval over the per-seed means (jobs of "
+        "one seed averaged first); n = seeds × images per job."
     ]
     if any(agg[(m, "over")].eq("images").any() for m in metrics):
         lines.append(
