@@ -563,10 +563,10 @@ LEAKAGE_COLUMNS = [
 def _attack_stats(runs: pd.DataFrame) -> dict[str, Any]:
     """One attack's runs at one (cut, defense): SSIM and LPIPS over seeds (report.cell_stats) and the verdict
     of its fractions beating grey and the 4x4 low-pass, averaged over seeds."""
-    from splitinv.report import _seed_means, cell_stats
+    from splitinv.report import cell_stats, seed_means
 
     fractions = [
-        _seed_means(runs, f).mean() if f in runs else math.nan for f in ("beats_grey", "beats_lowpass4")
+        seed_means(runs, f).mean() if f in runs else math.nan for f in ("beats_grey", "beats_lowpass4")
     ]
     empty = {"mean": math.nan, "half": math.nan, "count": 0}
     return {

@@ -164,7 +164,7 @@ def collect(sweep_dir: str | Path, *, trust_edited: bool = False) -> pd.DataFram
         cut_info = (rec.get("details") or {}).get("cut") or {}
         row.update(status=rec.get("status", "ok"), job=str(path.parent.relative_to(root)), error=None)
         row.update(cut_index=cut_info.get("index"), cut_depth=cut_info.get("relative_depth"))
-        row["n_images"] = (rec.get("ssim") or {}).get("n")  # images scored: an interval over one seed's
+        row["n_images"] = (rec.get("ssim") or {}).get("n")  # images scored: one seed's interval needs it
         # the attack's published setting (attack.preset), or splitinv's own defaults
         row["preset"] = ((rec.get("details") or {}).get("attack") or {}).get("preset") or "splitinv"
         for name in DIRECTION:
@@ -263,16 +263,17 @@ IMAGES_MARK = "§"  # one seed: its interval is over that seed's images, not ove
 
 
 def interval(
-    seed_means: Sequence[float], image_std: float | None = None, images: int | None = None
+    means: Sequence[float], image_std: float | None = None, images: int | None = None
 ) -> tuple[float, float, str]:
-    """(mean, half-width of the 95 % interval, what it is over: ``seeds``, ``images`` or ``""``).
+    """(mean, half-width of the 95 % interval, what it is over: ``seeds``, ``images`` or ``""``) of the
+    per-seed ``means`` of one cell.
 
     Two seeds or more: Student's t over the per-seed means (``scipy.stats.t``, k - 1 degrees of freedom).
     One seed: t over that seed's images from their sample std and count (``images``); without them, no
     interval (NaN). Never an interval over seeds from one seed."""
     from scipy import stats
 
-    values = np.asarray([float(v) for v in seed_means if v is not None and v == v], dtype=float)
+    values = np.asarray([float(v) for v in means if v is not None and v == v], dtype=float)
     if len(values) == 0:
         return math.nan, math.nan, ""
     mean = float(values.mean())
@@ -289,7 +290,7 @@ def interval(
     return mean, math.nan, ""
 
 
-def _seed_means(jobs: pd.DataFrame, metric: str) -> pd.Series:
+def seed_means(jobs: pd.DataFrame, metric: str) -> pd.Series:
     """``metric`` averaged per seed over ``jobs`` (any other key varying among them is averaged first)."""
     have = jobs[jobs[metric].notna()] if metric in jobs else jobs.iloc[0:0]
     seed = have["seed"].astype(str) if "seed" in have else pd.Series("", index=have.index)
@@ -299,7 +300,7 @@ def _seed_means(jobs: pd.DataFrame, metric: str) -> pd.Series:
 def cell_stats(jobs: pd.DataFrame, metric: str) -> dict[str, Any]:
     """Mean over seeds, the 95 % half-width (:func:`interval`), the std of the per-seed means, and n: jobs,
     seeds and images per job (one number, ``a-b`` when jobs differ, None when unknown)."""
-    means = _seed_means(jobs, metric)
+    means = seed_means(jobs, metric)
     have = jobs[jobs[metric].notna()] if metric in jobs else jobs.iloc[0:0]
     one = len(have) == 1  # one seed of one job: its own images give the interval
     image_std = have[f"{metric}_std"].iloc[0] if one and f"{metric}_std" in have else None
@@ -366,7 +367,7 @@ def aggregate(frame: pd.DataFrame, rows: str, cols: str | None, metrics: Sequenc
         if "cut_depth" in group:
             cell[("depth", "")] = pd.to_numeric(group["cut_depth"], errors="coerce").mean()
         fractions = [
-            _seed_means(ok, f).mean() if f in ok else math.nan for f in ("beats_grey", "beats_lowpass4")
+            seed_means(ok, f).mean() if f in ok else math.nan for f in ("beats_grey", "beats_lowpass4")
         ]
         cell[("beats_grey", "")], cell[("beats_lowpass4", "")] = fractions
         cell[("verdict", "")] = verdict(*fractions)
