@@ -704,16 +704,17 @@ def chance_accuracy(frame: pd.DataFrame, sweep_dir: str | Path) -> float | None:
     return 1.0 / classes.pop() if len(classes) == 1 else None
 
 
+MARGIN = 0.03  # of an axis' span, beyond its stated ends: a point at an end is drawn whole
+
+
 def _span(low: float | None, high: float | None, values: Sequence[float]) -> tuple[float, float]:
     """Axis limits from ``low`` to ``high`` (either may be None: the data's end instead), widened only to
-    take in data (means ± intervals) outside them."""
+    take in data (means ± intervals) outside them, plus :data:`MARGIN` each side."""
     data = [float(v) for v in values if v == v]
     lo = min([v for v in (low, high) if v is not None and v == v] + data)
     hi = max([v for v in (low, high) if v is not None and v == v] + data)
-    if hi <= lo:  # one value: a small span around it
-        pad = 0.05 * (abs(hi) or 1.0)
-        return lo - pad, hi + pad
-    return lo, hi
+    pad = MARGIN * (hi - lo) if hi > lo else 0.05 * (abs(hi) or 1.0)  # one value: a small span around it
+    return lo - pad, hi + pad
 
 
 def plot_privacy_utility(
@@ -808,7 +809,7 @@ def plot_privacy_utility(
     attacks = ", ".join(sorted(ok["attack"].astype(str).unique()))
     seeds = int(ok["seed"].astype(str).nunique()) if "seed" in ok else 1
     fig.suptitle(
-        f"privacy-utility: {victims}; attacks: {attacks}; mean over {seeds} seed{'s' if seeds != 1 else ''}, "
+        f"privacy-utility: {victims}; attacks: {attacks}\nmean over {seeds} seed{'s' if seeds != 1 else ''}; "
         f"bars: {CONFIDENCE * 100:g} % t interval over seeds (one seed: over its images)",
         fontsize=8,
     )

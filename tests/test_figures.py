@@ -442,7 +442,8 @@ def test_privacy_utility_curves_follow_strength_name_their_attacker_and_span_gre
     assert len(segments) == 2 * len(strengths) + 1
     assert np.allclose([seg[1, 1] - seg[0, 1] for seg in segments], 2 * half_y)  # the y error bars
     # axes from chance (1 / 10 classes) and the grey image's SSIM to the undefended values (with their bars)
-    assert ax.get_xlim() == pytest.approx((0.1, 0.8005 + half_x))
-    assert ax.get_ylim() == pytest.approx((0.101, 0.701 + half_y))
+    pad_x, pad_y = (report.MARGIN * (hi - lo) for lo, hi in ((0.1, 0.8005 + half_x), (0.101, 0.701 + half_y)))
+    assert ax.get_xlim() == pytest.approx((0.1 - pad_x, 0.8005 + half_x + pad_x))
+    assert ax.get_ylim() == pytest.approx((0.101 - pad_y, 0.701 + half_y + pad_y))
     assert "axis: chance 0.100 to undefended 0.800" in ax.get_xlabel()
     assert "axis: grey image 0.101 to undefended 0.701" in ax.get_ylabel()
