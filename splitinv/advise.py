@@ -73,6 +73,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from splitinv.baselines import LEAKS, UNSCORED
+from splitinv.baselines import verdict as baseline_verdict
 from splitinv.defenses.base import Defense, NoDefense
 from splitinv.errors import SplitinvError
 
@@ -375,6 +377,128 @@ def estimate_latency(table: pd.DataFrame, profile: DeviceProfile) -> pd.DataFram
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The two rows every split-computing comparison reports: send the image, or run everything on the device
+
+JPEG_QUALITY = 90  # the image row's JPEG size (splitinv advise --jpeg-quality)
+
+
+def jpeg_bytes(images: torch.Tensor, quality: int = JPEG_QUALITY) -> list[int]:
+    """Bytes of each (C, H, W) image in [0, 1] of ``images`` as a JPEG at ``quality``, encoded by PIL from
+    its uint8 pixels (one channel as greyscale, three as RGB)."""
+    import io
+
+    from PIL import Image
+
+    from splitinv.io import to_uint8
+
+    if not 1 <= int(quality) <= 95:
+        raise SplitinvError(f"JPEG quality {quality} is out of range: use 1-95 (PIL's useful range).")
+    sizes = []
+    for image in to_uint8(images):
+        pixels = image.permute(1, 2, 0).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(
+            buffer, format="JPEG", quality=int(quality)
+        )
+        sizes.append(buffer.tell())
+    return sizes
+
+
+def _evaluation_images(sweep: Path | None, rows: pd.DataFrame) -> tuple[torch.Tensor | None, str | None]:
+    """The original evaluation images a sweep's first readable images.pt keeps, and its job folder."""
+    from splitinv.results import IMAGES_FILE, load_images
+
+    if sweep is None or rows.empty:
+        return None, None
+    for job in rows["job"].astype(str):
+        path = sweep / job / IMAGES_FILE
+        if path.is_file():
+            try:
+                return load_images(path)[0], job
+            except SplitinvError as err:
+                warnings.warn(f"{err}: the image row's JPEG size is taken from another job", stacklevel=2)
+    return None, None
+
+
+def baseline_rows(
+    victim: nn.Module,
+    images: torch.Tensor | None = None,
+    *,
+    quality: int = JPEG_QUALITY,
+    latency_runs: int = 20,
+    warmup: int = 3,
+) -> pd.DataFrame:
+    """Two reference rows for the advisor's table: ``image`` (send the image: nothing runs on the device,
+    everything leaks: SSIM 1, PSNR inf; the bytes are the image's as uint8, ``jpeg_bytes`` the mean JPEG size
+    at ``quality`` of ``images`` when given) and ``device`` (the whole network on the device: nothing but the
+    label leaves it, ``ceil(log2(classes) / 8)`` bytes; no leakage of the input)."""
+    x = _image(victim)
+    was_training = victim.training
+    victim.eval()
+    try:
+        flops = count_flops(victim, x)
+        with torch.no_grad():
+            classes = int(victim(x).shape[-1])
+        params = sum(p.numel() for p in {id(p): p for p in victim.parameters()}.values())
+        peak = peak_activation_bytes(victim, x)
+        latency = median_latency_ms(victim, x, latency_runs, warmup)
+    finally:
+        victim.train(was_training)
+    pixels = math.prod(x.shape[1:])
+    label = max(1, math.ceil(math.log2(max(classes, 2)) / 8))
+    jpeg = (
+        float(statistics.mean(jpeg_bytes(images, quality)))
+        if images is not None and len(images)
+        else math.nan
+    )
+    common = {"defense": "none", "attacked": False, "attacks": 0, "runs": 0, "ssim_n": "", "verdict": None}
+    image = {
+        **common,
+        "cut": "image",
+        "baseline": "image",
+        "index": -1,
+        "depth": 0.0,
+        "shape": "x".join(str(d) for d in x.shape[1:]),
+        "device_flops": 0,
+        "device_macs": 0,
+        "device_params": 0,
+        "device_peak_bytes": 0,
+        "device_latency_ms": 0.0,
+        "tail_flops": flops,
+        "elements": pixels,
+        **{f"bytes_{k}": pixels * b for k, b in WIRE_BYTES.items()},
+        "payload_elements": pixels,
+        "payload_bytes": pixels,  # uint8 pixels
+        "jpeg_bytes": jpeg,
+        "ssim": 1.0,
+        "ssim_hi": 1.0,
+        "psnr": math.inf,
+    }
+    device = {
+        **common,
+        "cut": "device",
+        "baseline": "device",
+        "index": math.inf,
+        "depth": 1.0,
+        "shape": f"label ({classes} classes)",
+        "device_flops": flops,
+        "device_macs": flops // 2,
+        "device_params": params,
+        "device_peak_bytes": peak,
+        "device_latency_ms": latency,
+        "tail_flops": 0,
+        "elements": 1,
+        **{f"bytes_{k}": label for k in WIRE_BYTES},
+        "payload_elements": 1,
+        "payload_bytes": label,
+        "jpeg_bytes": math.nan,
+        "ssim": math.nan,
+        "ssim_hi": math.nan,
+    }
+    return pd.DataFrame([image, device])
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Leakage and utility from a sweep
 
 
@@ -432,8 +556,9 @@ def _job_config(job: Path) -> dict[str, Any]:
 
 
 LEAKAGE_COLUMNS = [
-    *("cut", "defense", "ssim", "ssim_attack", "lpips", "lpips_attack", "attacks", "attack_names"),
-    *("runs", "accuracy", "agreement", "dfil"),
+    *("cut", "defense", "ssim", "ssim_half", "ssim_hi", "ssim_over", "ssim_n", "ssim_attack", "verdict"),
+    *("lpips", "lpips_lo", "lpips_attack", "attacks", "attack_names", "runs", "accuracy", "agreement"),
+    "dfil",
 ]
 
 
@@ -444,25 +569,57 @@ def _dfil(group: pd.DataFrame) -> float:
     return float(group["dfil_mean"].astype(float).max())
 
 
+def _attack_stats(runs: pd.DataFrame) -> dict[str, Any]:
+    """One attack's runs at one (cut, defense): SSIM and LPIPS over seeds (report.cell_stats) and the verdict
+    of its fractions beating grey and the 4x4 low-pass, averaged over seeds."""
+    from splitinv.report import cell_stats, seed_means
+
+    fractions = [
+        seed_means(runs, f).mean() if f in runs else math.nan for f in ("beats_grey", "beats_lowpass4")
+    ]
+    empty = {"mean": math.nan, "half": math.nan, "count": 0}
+    return {
+        "ssim": cell_stats(runs, "ssim") if "ssim" in runs else empty,
+        "lpips": cell_stats(runs, "lpips") if "lpips" in runs else empty,
+        "verdict": baseline_verdict(*fractions),
+    }
+
+
+def _bound(stats: Mapping[str, Any], sign: int) -> float:
+    """The interval's upper (sign 1) or lower (-1) end; the mean itself where there is no interval."""
+    half = stats["half"]
+    return stats["mean"] + sign * (half if half == half else 0.0)
+
+
 def leakage(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (cut, defense): the strongest run's SSIM and LPIPS with its attack; attacks, runs, utility."""
+    """Per (cut, defense): the strongest attack (highest SSIM mean over seeds) with its 95 % interval, n and
+    verdict; the lowest LPIPS; the attacks scored against the baselines there; runs and utility."""
     out = []
     for (cut, defense), group in rows.groupby(["cut", "defense"], sort=False):
-        ssim = group["ssim"].astype(float)
-        lpips = group["lpips"].astype(float) if "lpips" in group else pd.Series(math.nan, index=group.index)
-        best = ssim.idxmax() if ssim.notna().any() else None
-        closest = lpips.idxmin() if lpips.notna().any() else None
-        attacks = sorted(set(group["attack"].astype(str)))
+        per = {str(a): _attack_stats(runs) for a, runs in group.groupby("attack", sort=True)}
+        measured = {a: p for a, p in per.items() if p["ssim"]["count"]}
+        strongest = max(measured, key=lambda a: measured[a]["ssim"]["mean"]) if measured else None
+        with_lpips = {a: p for a, p in per.items() if p["lpips"]["count"]}
+        closest = min(with_lpips, key=lambda a: with_lpips[a]["lpips"]["mean"]) if with_lpips else None
+        scored = sorted(a for a, p in measured.items() if p["verdict"] != UNSCORED)
+        best = measured[strongest]["ssim"] if strongest else None
+        images = best["images"] if best else None
         out.append(
             {
                 "cut": cut,
                 "defense": defense,
-                "ssim": ssim.max() if best is not None else math.nan,
-                "ssim_attack": group.loc[best, "attack"] if best is not None else None,
-                "lpips": lpips.min() if closest is not None else math.nan,
-                "lpips_attack": group.loc[closest, "attack"] if closest is not None else None,
-                "attacks": len(attacks),
-                "attack_names": ";".join(attacks),
+                "ssim": best["mean"] if best else math.nan,
+                "ssim_half": best["half"] if best else math.nan,
+                "ssim_hi": _bound(best, 1) if best else math.nan,
+                "ssim_over": best["over"] if best else "",
+                "ssim_n": (f"{best['seeds']} × {images}" if images else f"{best['seeds']}") if best else "",
+                "ssim_attack": strongest,
+                "verdict": measured[strongest]["verdict"] if strongest else None,
+                "lpips": with_lpips[closest]["lpips"]["mean"] if closest else math.nan,
+                "lpips_lo": _bound(with_lpips[closest]["lpips"], -1) if closest else math.nan,
+                "lpips_attack": closest,
+                "attacks": len(scored),
+                "attack_names": ";".join(scored),
                 "runs": len(group),
                 "accuracy": group["accuracy"].mean() if group["accuracy"].notna().any() else math.nan,
                 "agreement": group["agreement"].mean() if group["agreement"].notna().any() else math.nan,
@@ -484,12 +641,24 @@ def _utility_metric(table: pd.DataFrame) -> str | None:
     return None
 
 
+def _ranked(table: pd.DataFrame) -> pd.Series:
+    """Rows that take part in the Pareto ranking: attacked cuts whose strongest attack beats the 4x4
+    low-pass (not ``weak``); the ``image`` and ``device`` baseline rows are shown beside them, unranked."""
+    ranked = table["ssim"].notna()
+    if "weak" in table:
+        ranked &= ~table["weak"].fillna(False).astype(bool)
+    if "baseline" in table:
+        ranked &= table["baseline"].isna()
+    return ranked
+
+
 def pareto(table: pd.DataFrame) -> pd.Series:
     """True for Pareto-optimal attacked rows, False for dominated ones, None for rows not attacked.
 
     Objectives: device_flops ↓, payload_bytes ↓, ssim ↓, and utility ↑ when every attacked row has it.
+    A cut whose strongest attack does not beat the low-pass (``weak``) and the baseline rows are None too.
     """
-    attacked = table["ssim"].notna()
+    attacked = _ranked(table)
     objectives = [("device_flops", 1.0), ("payload_bytes", 1.0), ("ssim", 1.0)]
     if "utility" in table and len(table[attacked]) and table.loc[attacked, "utility"].notna().all():
         objectives.append(("utility", -1.0))
@@ -537,22 +706,40 @@ def _describe_constraint(name: str, value: float) -> str:
 
 
 def _meets(table: pd.DataFrame, name: str, value: float) -> pd.Series:
+    """Rows meeting one constraint. Leakage constraints compare the end of the strongest attack's 95 %
+    interval (SSIM's upper, LPIPS's lower end); a cut whose strongest attack does not beat the low-pass
+    (``weak``) meets none of them, the ``device`` row (nothing but the label sent) all of them and
+    ``max_dfil``."""
     column, op, scale, _ = CONSTRAINTS[name]
+    leak = column in ("ssim", "lpips")
+    column = {"ssim": "ssim_hi", "lpips": "lpips_lo"}.get(column, column) if leak else column
+    column = column if column in table else CONSTRAINTS[name][0]
     if column not in table:
         return pd.Series(False, index=table.index)
     values = table[column].astype(float)
-    ok = values <= value * scale if op == "<=" else values >= value * scale
-    return ok & values.notna()
+    ok = (values <= value * scale if op == "<=" else values >= value * scale) & values.notna()
+    if leak and "weak" in table:
+        ok &= ~table["weak"].fillna(False).astype(bool)
+    if (leak or column == "dfil") and "baseline" in table:  # the device row sends no features: dFIL 0
+        ok |= table["baseline"] == "device"
+    return ok
 
 
 def best_first(table: pd.DataFrame) -> pd.DataFrame:
-    """Lowest SSIM (not attacked last), then fewest device FLOPs, fewest payload bytes, most utility."""
+    """With an end-to-end estimate (a profile): fastest end to end first; else lowest SSIM (upper interval
+    end; the ``device`` row leaks none; not attacked last). Then fewest device FLOPs, fewest payload bytes,
+    most utility."""
+    ssim = (table["ssim_hi"] if "ssim_hi" in table else table["ssim"]).astype(float)
+    if "baseline" in table:
+        ssim = ssim.where(table["baseline"] != "device", 0.0)
     keys = table.assign(
-        _ssim=table["ssim"].fillna(math.inf),
+        _ssim=ssim.fillna(math.inf),
         _utility=-(table["utility"].fillna(-math.inf)) if "utility" in table else 0.0,
     )
-    order = keys.sort_values(["_ssim", "device_flops", "payload_bytes", "_utility"], kind="stable").index
-    return table.loc[order]
+    order = ["_ssim", "device_flops", "payload_bytes", "_utility"]
+    if "e2e_ms" in table:
+        order.insert(0, "e2e_ms")
+    return table.loc[keys.sort_values(order, kind="stable").index]
 
 
 @dataclass
@@ -574,11 +761,12 @@ class Verdict:
         wanted = ", ".join(_describe_constraint(n, v) for n, v in self.constraints.items())
         if not self.rows.empty:
             verb = "meets" if len(self.rows) == 1 else "meet"
-            lines = [f"{len(self.rows)} of {self.total} cut points {verb} {wanted} (best first):"]
+            rank = "fastest end to end first" if "e2e_ms" in self.rows else "best first"
+            lines = [f"{len(self.rows)} of {self.total} rows {verb} {wanted} ({rank}):"]
             for i, (_, r) in enumerate(self.rows.iterrows(), 1):
                 lines.append(f"  {i}. {_short(r)}")
             return "\n".join(lines)
-        lines = [f"no cut point meets all of {wanted}."]
+        lines = [f"no row meets all of {wanted}."]
         if self.binding:
             for name in self.binding:
                 admitted = ", ".join(self.without[name])
@@ -589,14 +777,28 @@ class Verdict:
             alone = ", ".join(f"{n} {self.met_alone[n]}/{self.total}" for n in self.constraints)
             lines.append(f"  no single constraint binds alone; met by each on its own: {alone}.")
         if any(CONSTRAINTS[n][0] in ("ssim", "lpips") for n in self.constraints):
-            lines.append("  (cut points that were not attacked never meet a leakage constraint.)")
+            lines.append(
+                "  (cut points that were not attacked, or whose strongest attack does not beat the 4x4 "
+                "low-pass, never meet a leakage constraint.)"
+            )
         return "\n".join(lines)
 
 
 def _short(r: pd.Series) -> str:
-    ssim = f"SSIM {r['ssim']:.3f} ({r['ssim_attack']})" if pd.notna(r.get("ssim")) else "not attacked"
-    text = (
-        f"{_label(r)}: {ssim}, {r['device_flops'] / 1e6:.2f} MFLOPs, {r['payload_bytes'] / 1024:.2f} KiB sent"
+    if r.get("baseline") == "device":
+        ssim = "no leakage (only the label is sent)"
+    elif r.get("baseline") == "image":
+        ssim = "SSIM 1 (the image itself is sent)"
+    elif pd.notna(r.get("ssim")):
+        ssim = f"SSIM {r['ssim']:.3f}{_half(r)} ({r['ssim_attack']})"
+        if pd.notna(r.get("ssim_hi")) and r.get("ssim_half") == r.get("ssim_half"):
+            ssim += f", upper bound {r['ssim_hi']:.3f}"
+    else:
+        ssim = "not attacked"
+    text = f"{_label(r)}: {ssim}, {r['device_flops'] / 1e6:.2f} MFLOPs, " + (
+        f"{r['payload_bytes']:.0f} B sent"
+        if r["payload_bytes"] < 1024
+        else f"{r['payload_bytes'] / 1024:.2f} KiB sent"
     )
     if pd.notna(r.get("utility")):
         text += f", utility {r['utility']:.3f}"
@@ -682,6 +884,7 @@ def advise(
     method: str = "auto",
     attacked_only: bool = False,
     trust_edited: bool = False,
+    jpeg_quality: int = JPEG_QUALITY,
 ) -> pd.DataFrame:
     """The advisor's table: one row per cut point (x defense a sweep ran there), see the module doc.
 
@@ -773,8 +976,16 @@ def advise(
     if attacked_only:
         table = table[table["attacked"]].reset_index(drop=True)
     table["flagged"] = table["attacked"] & (table["attacks"] < most)
+    # the strongest attack does not beat the 4x4 low-pass: its SSIM does not measure leakage
+    table["weak"] = table["attacked"] & (table["verdict"] != LEAKS)
     metric = _utility_metric(table)
     table["utility"] = table[metric] if metric else math.nan
+    images, images_job = _evaluation_images(Path(sweep) if sweep is not None else None, rows)
+    extra = baseline_rows(model, images, quality=jpeg_quality, latency_runs=latency_runs, warmup=warmup)
+    undefended = table[(table["defense"] == "none") & table["attacked"]]["utility"]
+    extra["utility"] = undefended.mean() if undefended.notna().any() else math.nan  # the whole victim
+    extra[["flagged", "weak"]] = False
+    table = pd.concat([table.assign(baseline=None), extra], ignore_index=True)
     if profile is not None:
         table = estimate_latency(table, profile)
     table["pareto"] = pareto(table)
@@ -798,6 +1009,9 @@ def advise(
             else "the evaluation images"
         ),
         max_attacks=most,
+        jpeg_quality=int(jpeg_quality),
+        jpeg_images=0 if images is None else len(images),
+        jpeg_job=images_job,
     )
     return table
 
@@ -838,6 +1052,34 @@ def _f(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
+WEAK_MARK = "⚠"  # the strongest attack does not beat the 4x4 low-pass (its verdict)
+IMAGES_MARK = "§"  # one seed: the interval is over its images
+
+
+def _half(r: pd.Series) -> str:
+    """`` ± half-width`` of the strongest attack's 95 % interval (``§`` when over one seed's images)."""
+    half = r.get("ssim_half")
+    if half is None or not isinstance(half, float) or math.isnan(half):
+        return ""
+    return f" ± {half:.3f}" + (IMAGES_MARK if r.get("ssim_over") == "images" else "")
+
+
+def _leak_cell(r: pd.Series) -> str:
+    if r.get("baseline") == "image":
+        return "1 (image)"
+    if r.get("baseline") == "device":
+        return "none"
+    return _f(r["ssim"], 3) + (_half(r) if r["attacked"] else "") + (WEAK_MARK if r.get("weak") else "")
+
+
+def _pareto_cell(r: pd.Series) -> str:
+    if r.get("baseline") in ("image", "device"):
+        return "baseline"
+    if r.get("weak"):
+        return "attack too weak"
+    return "yes" if r["pareto"] is True else ("" if r["pareto"] is False else "not attacked")
+
+
 def _columns(table: pd.DataFrame) -> list[tuple[str, str, Any]]:
     """(header, LaTeX header, cell function) for the rendered table."""
     several = table["defense"].nunique() > 1 or (table["defense"] != "none").any()
@@ -863,25 +1105,30 @@ def _columns(table: pd.DataFrame) -> list[tuple[str, str, Any]]:
                 lambda r: _f(r["payload_bytes"] / 1024),
             )
         )
+    if "jpeg_bytes" in table:
+        q = table.attrs.get("jpeg_quality", JPEG_QUALITY)
+        cols.append(
+            (
+                f"JPEG q{q} KiB",
+                f"JPEG q{q} KiB",
+                lambda r: _f(r["jpeg_bytes"] / 1024) if r.get("baseline") == "image" else "—",
+            )
+        )
     if "e2e_ms" in table:
         cols.append(("e2e ms (est.) ↓", r"e2e ms (est.) $\downarrow$", lambda r: _f(r["e2e_ms"], 1)))
     cols += [
-        ("SSIM ↓", r"SSIM $\downarrow$", lambda r: _f(r["ssim"], 3)),
-        ("LPIPS ↑", r"LPIPS $\uparrow$", lambda r: _f(r["lpips"], 3)),
+        ("SSIM ↓", r"SSIM $\downarrow$", _leak_cell),
+        ("n", "n", lambda r: r["ssim_n"] if r["attacked"] and isinstance(r.get("ssim_n"), str) else "—"),
+        ("LPIPS ↑", r"LPIPS $\uparrow$", lambda r: "—" if r.get("baseline") else _f(r["lpips"], 3)),
         *_dfil_column(table),
         ("strongest attack", "strongest attack", lambda r: r["ssim_attack"] if r["attacked"] else "—"),
+        ("verdict", "verdict", lambda r: r["verdict"] if r["attacked"] else "—"),
         ("attacks", "attacks", lambda r: _attacks(r)),
     ]
     if table.attrs.get("utility_metric"):
         label = "acc." if table.attrs["utility_metric"] == "accuracy" else "agr."
         cols.append((f"{label} ↑", rf"{label} $\uparrow$", lambda r: _f(r["utility"], 3)))
-    cols.append(
-        (
-            "Pareto",
-            "Pareto",
-            lambda r: "yes" if r["pareto"] is True else ("" if r["pareto"] is False else "not attacked"),
-        )
-    )
+    cols.append(("Pareto", "Pareto", _pareto_cell))
     return cols
 
 
@@ -893,6 +1140,8 @@ def _dfil_column(table: pd.DataFrame) -> list[tuple[str, str, Any]]:
 
 
 def _attacks(r: pd.Series) -> str:
+    if r.get("baseline"):
+        return "—"
     if not r["attacked"]:
         return "0"
     text = f"{r['attacks']} attack{'s' if r['attacks'] != 1 else ''}"
@@ -913,10 +1162,43 @@ def notes(table: pd.DataFrame) -> list[str]:
     ]
     if a.get("profile"):
         lines.append(f"e2e (estimated) = device + uplink + server time for profile {a['profile']}.")
+    lines.append(
+        "Arrows: which way is better for the one deploying the split (less device cost, fewer bytes, "
+        "less leakage: SSIM ↓, LPIPS ↑, more utility); the attacker's view is the opposite."
+    )
     if table["attacked"].any():
         lines.append(
-            "SSIM / LPIPS: the strongest single run (attack x seed) at that cut; higher SSIM and lower LPIPS "
-            "mean more of the input leaks."
+            "SSIM: the strongest attack at that cut (highest mean over seeds) ± the half-width of its 95 % "
+            "Student-t interval over the per-seed means (§: one seed, over its images); n = seeds × images; "
+            "--max-ssim compares the interval's upper end. LPIPS: the lowest mean. Higher SSIM and lower "
+            "LPIPS mean more of the input leaks."
+        )
+        lines.append(
+            "verdict: the strongest attack's, from its fractions of images beating a grey image and a 4x4 "
+            "low-pass of the original (averaged over seeds); attacks: distinct attacks scored against "
+            "those baselines there (verdict not unscored)."
+        )
+    if table["weak"].any() if "weak" in table else False:
+        lines.append(
+            f"{WEAK_MARK} the strongest attack does not beat the 4x4 low-pass: its SSIM says little about "
+            "what leaks, so the cut is not counted as private (it meets no leakage constraint and is not "
+            "ranked); give the attack more budget."
+        )
+    if "baseline" in table and (table["baseline"] == "image").any():
+        image = table[table["baseline"] == "image"].iloc[0]
+        if a.get("jpeg_images"):
+            jpeg = (
+                f"as JPEG at quality {a.get('jpeg_quality')}: {image['jpeg_bytes'] / 1024:.2f} KiB, the mean "
+                f"of the {a['jpeg_images']} evaluation images in job {a.get('jpeg_job')}'s images.pt (PIL)"
+            )
+        else:
+            jpeg = "JPEG n/a (no evaluation images: pass a sweep)"
+        device = table[table["baseline"] == "device"].iloc[0]
+        lines.append(
+            f"image: the input sent as it is (no device compute; everything leaks: SSIM 1, PSNR inf); as "
+            f"uint8 {image['payload_bytes'] / 1024:.2f} KiB (the int8 column, used for e2e), {jpeg}. "
+            f"device: the whole network on the device (no input leaks); only the label is sent, "
+            f"{int(device['payload_bytes'])} byte(s) ({device['shape']})."
         )
     if table["flagged"].any():
         lines.append(
@@ -957,6 +1239,9 @@ def render(table: pd.DataFrame, fmt: str = "md") -> str:
             "%": r"\%",
             "&": r"\&",
             "†": r"$^\dagger$",
+            "⚠": r"$^{!}$",
+            "§": r"$^\S$",
+            "×": r"$\times$",
             "—": "--",
             "↓": r"$\downarrow$",
             "↑": r"$\uparrow$",
@@ -1020,7 +1305,7 @@ def plot(table: pd.DataFrame, out_dir: str | Path, stem: str = "advise_pareto") 
         )
         labels.append(f"{value:.2f} KiB sent")
     for _, r in attacked.iterrows():
-        tag = r["cut"] + ("†" if r["flagged"] else "")
+        tag = r["cut"] + ("†" if r["flagged"] else "") + (WEAK_MARK if r.get("weak") else "")
         xy = (r["device_flops"] / 1e6, r["ssim"])
         gap = area(r["payload_bytes"] / 1024) ** 0.5 / 2  # clear of the marker's edge
         ax.annotate(tag, xy, textcoords="offset points", xytext=(gap + 2, gap * 0.5 + 2), fontsize=7)
@@ -1042,7 +1327,9 @@ def plot(table: pd.DataFrame, out_dir: str | Path, stem: str = "advise_pareto") 
     ax.set_ylabel("leakage: best attack SSIM ↓")
     ax.grid(alpha=0.3)
     ax.legend(handles, labels, fontsize=7, frameon=False, loc="best", labelspacing=1.2)
-    hidden = int((~table["attacked"]).sum())
+    hidden = int(
+        (~table["attacked"] & table.get("baseline", pd.Series(None, index=table.index)).isna()).sum()
+    )
     title = f"{table.attrs.get('victim')} at {table.attrs.get('image_size')} px"
     if hidden:
         title += f" ({hidden} cut points not attacked, not shown)"

@@ -85,6 +85,7 @@ def _table(args: argparse.Namespace) -> None:
 
 def _plot(args: argparse.Namespace) -> None:
     from splitinv.report import (
+        chance_accuracy,
         collect,
         plot_depth,
         plot_privacy_utility,
@@ -96,7 +97,8 @@ def _plot(args: argparse.Namespace) -> None:
     out = Path(args.output or Path(args.sweep_dir) / "figures")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if args.privacy_utility:
-        paths = [p for m in metrics for p in plot_privacy_utility(frame, out, m)]
+        chance = chance_accuracy(frame, args.sweep_dir)
+        paths = [p for m in metrics for p in plot_privacy_utility(frame, out, m, chance)]
     else:
         paths = plot_depth(frame, out, metrics)
         paths += plot_reconstructions(frame, args.sweep_dir, out, n=args.images)
@@ -219,6 +221,7 @@ def _advise(args: argparse.Namespace) -> None:
             method=args.method,
             attacked_only=args.attacked_only,
             trust_edited=args.trust_edited,
+            **({} if args.jpeg_quality is None else {"jpeg_quality": args.jpeg_quality}),
         )
     ours = [w for w in caught if "splitinv" in Path(w.filename).parts]  # not the libraries' deprecations
     for message in dict.fromkeys(str(w.message).splitlines()[0] for w in ours):
@@ -419,8 +422,11 @@ example: splitinv audit --generator dcgan --weights gan.pt -n 1000 --train train
 One row per cut point of a victim (and per defense a sweep ran there): the device side's FLOPs, parameters,
 peak activation memory and measured latency (batch 1, this machine); the bytes crossing the cut at fp32,
 fp16 and int8 and what the defense sends; with a device profile, the estimated end-to-end latency; from a
-sweep, the strongest attack's SSIM / LPIPS (and how many attacks were tried there) and the utility. Cuts
-that no other cut beats in all of (device FLOPs, bytes sent, SSIM, utility) are marked Pareto-optimal.
+sweep, the strongest attack's SSIM (mean and 95 % interval over seeds) / LPIPS, its verdict against the grey
+and 4x4 low-pass images, how many attacks were scored there, and the utility. Two reference rows: 'image'
+(send the image) and 'device' (run everything on the device). Cuts that no other cut beats in all of (device
+FLOPs, bytes sent, SSIM, utility) are marked Pareto-optimal; with a profile and --max-ssim, the cuts under
+the cap are ranked by estimated end-to-end latency.
 Writes advise.md, advise.tex, advise.csv and advise_pareto.png / .pdf into --output.
 
 examples:
@@ -459,7 +465,7 @@ examples:
     p.add_argument("--profile", default=None, help="a named device profile: phone, phone-wifi, iot, edge-gpu")
     p.add_argument("--profiles", default=None, help="a YAML file of profiles (default: splitinv's, rough)")
     budgets = (
-        ("--max-ssim", "leakage: the strongest attack's SSIM at most this"),
+        ("--max-ssim", "leakage: the upper end of the strongest attack's 95 %% SSIM interval at most this"),
         ("--min-lpips", "leakage: the strongest attack's LPIPS at least this"),
         ("--max-dfil", "leakage bound: dFIL (Fisher information per pixel) of a noisy defense at most this"),
         ("--max-device-mflops", "device MFLOPs per image"),
@@ -471,6 +477,12 @@ examples:
     for flag, text in budgets:
         p.add_argument(flag, dest=flag[2:].replace("-", "_"), type=float, default=None, help=text)
     p.add_argument("--wire", default="fp32", choices=("fp32", "fp16", "int8"), help="precision sent")
+    p.add_argument(
+        "--jpeg-quality",
+        type=int,
+        default=None,
+        help="JPEG quality of the 'image' row's size (default: splitinv.advise.JPEG_QUALITY)",
+    )
     p.add_argument("--latency-runs", type=int, default=20, help="timed runs per cut point (median; 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing (default 3)")
     p.add_argument("--format", default="md", choices=("md", "latex", "csv"), help="what to print")
@@ -484,10 +496,9 @@ examples:
 # no torch import; tests/test_report.py checks the two agree)
 TABLE_METRICS = (
     "psnr, ssim, lpips, recognisable, feature_error, label_agreement, accuracy_hat, evaluator_agreement, "
-    "state_error_h, state_error_cond, utility, utility_agreement, utility_test, beats_lowpass4, dfil_mean, "
-    "dfil_min, psnr_ceiling, and the "
-    "trivial baselines' scores as <baseline>_<metric> with baseline grey, mean, lowpass4, lowpass8 and "
-    "metric ssim, psnr, lpips (e.g. lowpass4_ssim)"
+    "state_error_h, state_error_cond, utility, utility_agreement, utility_test, beats_lowpass4, beats_grey, "
+    "dfil_mean, dfil_min, psnr_ceiling, and the trivial baselines' scores as <baseline>_<metric> with "
+    "baseline grey, mean, lowpass4, lowpass8 and metric ssim, psnr, lpips (e.g. lowpass4_ssim)"
 )
 
 

@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from splitinv.baselines import NAMES as BASELINE_NAMES
+from splitinv.baselines import NO_BETTER_THAN_GREY, NO_BETTER_THAN_LOWPASS, verdict
 from splitinv.baselines import SCORED as BASELINE_METRICS
 from splitinv.errors import SplitinvError
 from splitinv.metrics import DIRECTION
@@ -38,9 +40,11 @@ BASELINES = {f"{name}_{metric}": DIRECTION[metric] for name in BASELINE_NAMES fo
 # mean and minimum over the evaluation images and the PSNR ceiling it puts on an unbiased attacker (higher:
 # more leakage)
 LEAKAGE = {"dfil_mean": "higher", "dfil_min": "higher", "psnr_ceiling": "higher"}
-DIRECTIONS = {**DIRECTION, **UTILITY, "beats_lowpass4": "higher", **BASELINES, **LEAKAGE}
+BEATS = {"beats_lowpass4": "higher", "beats_grey": "higher"}  # fractions of images above a trivial image
+DIRECTIONS = {**DIRECTION, **UTILITY, **BEATS, **BASELINES, **LEAKAGE}
 LABELS = {
     "beats_lowpass4": "> lowpass4",
+    "beats_grey": "> grey",
     **{k: f"{k.split('_')[0]} {k.split('_')[1].upper()}" for k in BASELINES},
     "utility": "accuracy",
     "utility_agreement": "agreement",
@@ -183,6 +187,7 @@ def collect(sweep_dir: str | Path, *, trust_edited: bool = False) -> pd.DataFram
         cut_info = (rec.get("details") or {}).get("cut") or {}
         row.update(status=rec.get("status", "ok"), job=str(path.parent.relative_to(root)), error=None)
         row.update(cut_index=cut_info.get("index"), cut_depth=cut_info.get("relative_depth"))
+        row["n_images"] = (rec.get("ssim") or {}).get("n")  # images scored: one seed's interval needs it
         # the attack's published setting (attack.preset), or splitinv's own defaults
         row["preset"] = ((rec.get("details") or {}).get("attack") or {}).get("preset") or "splitinv"
         for name in DIRECTION:
@@ -274,12 +279,75 @@ def _natural(key: Any) -> list[Any]:
     return [(0, float(p), "") if re.fullmatch(r"\d+(?:\.\d+)?", p) else (1, 0.0, p) for p in parts]
 
 
-def _fmt(mean: float, std: float, n: int, digits: int) -> str:
-    if n == 0 or mean is None or (isinstance(mean, float) and math.isnan(mean)):
+CONFIDENCE = 0.95  # of every interval in tables, the privacy-utility figure and the advisor
+# a marker on a table's attack numbers whose verdict (from the fractions averaged over seeds) is not "leaks"
+VERDICT_MARKS = {NO_BETTER_THAN_LOWPASS: "†", NO_BETTER_THAN_GREY: "‡"}
+IMAGES_MARK = "§"  # one seed: its interval is over that seed's images, not over seeds
+
+
+def interval(
+    means: Sequence[float], image_std: float | None = None, images: int | None = None
+) -> tuple[float, float, str]:
+    """(mean, half-width of the 95 % interval, what it is over: ``seeds``, ``images`` or ``""``) of the
+    per-seed ``means`` of one cell.
+
+    Two seeds or more: Student's t over the per-seed means (``scipy.stats.t``, k - 1 degrees of freedom).
+    One seed: t over that seed's images from their sample std and count (``images``); without them, no
+    interval (NaN). Never an interval over seeds from one seed."""
+    from scipy import stats
+
+    values = np.asarray([float(v) for v in means if v is not None and v == v], dtype=float)
+    if len(values) == 0:
+        return math.nan, math.nan, ""
+    mean = float(values.mean())
+    if len(values) >= 2:
+        k, sem = len(values) - 1, float(stats.sem(values))
+        return mean, (float(stats.t.ppf(0.5 + CONFIDENCE / 2, k)) * sem if sem > 0 else 0.0), "seeds"
+    if image_std is not None and image_std == image_std and images is not None and int(images) >= 2:
+        sem = float(image_std) / math.sqrt(int(images))
+        return (
+            mean,
+            (float(stats.t.ppf(0.5 + CONFIDENCE / 2, int(images) - 1)) * sem if sem > 0 else 0.0),
+            "images",
+        )
+    return mean, math.nan, ""
+
+
+def seed_means(jobs: pd.DataFrame, metric: str) -> pd.Series:
+    """``metric`` averaged per seed over ``jobs`` (any other key varying among them is averaged first)."""
+    have = jobs[jobs[metric].notna()] if metric in jobs else jobs.iloc[0:0]
+    seed = have["seed"].astype(str) if "seed" in have else pd.Series("", index=have.index)
+    return have.groupby(seed, sort=False, dropna=False)[metric].mean().astype(float)
+
+
+def cell_stats(jobs: pd.DataFrame, metric: str) -> dict[str, Any]:
+    """Mean over seeds, the 95 % half-width (:func:`interval`), the std of the per-seed means, and n: jobs,
+    seeds and images per job (one number, ``a-b`` when jobs differ, None when unknown)."""
+    means = seed_means(jobs, metric)
+    have = jobs[jobs[metric].notna()] if metric in jobs else jobs.iloc[0:0]
+    one = len(have) == 1  # one seed of one job: its own images give the interval
+    image_std = have[f"{metric}_std"].iloc[0] if one and f"{metric}_std" in have else None
+    counts = sorted({int(n) for n in have.get("n_images", pd.Series(dtype=float)).dropna()})
+    mean, half, over = interval(means.tolist(), image_std, counts[0] if one and counts else None)
+    images = None if not counts else (str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}")
+    return {
+        "mean": mean,
+        "std": float(means.std(ddof=1)) if len(means) > 1 else math.nan,
+        "count": len(have),
+        "half": half,
+        "seeds": len(means),
+        "images": images,
+        "over": over,
+    }
+
+
+def _fmt(stats: Any, digits: int) -> str:
+    mean, half = stats["mean"], stats["half"]
+    if not stats["count"] or mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "n/a"
     text = f"{mean:.{digits}f}"
-    if n > 1:
-        text += f" ± {std:.{digits}f}"
+    if isinstance(half, float) and math.isfinite(half):
+        text += f" ± {half:.{digits}f}" + (IMAGES_MARK if stats["over"] == "images" else "")
     return text
 
 
@@ -288,7 +356,9 @@ def _digits(metric: str) -> int:
 
 
 def aggregate(frame: pd.DataFrame, rows: str, cols: str | None, metrics: Sequence[str]) -> pd.DataFrame:
-    """Mean and std over seeds (and any other unlisted key) per (rows, cols) cell, with run counts.
+    """Per (rows, cols) cell: each metric's :func:`cell_stats` (mean over seeds, 95 % half-width, n), the
+    finished runs, the other statuses, the fractions that beat grey and the 4x4 low-pass averaged over seeds
+    and their :func:`splitinv.baselines.verdict`.
 
     A key may join several with ``+`` (``cut+attacker``: one column per cut point and attacker).
     """
@@ -307,21 +377,63 @@ def aggregate(frame: pd.DataFrame, rows: str, cols: str | None, metrics: Sequenc
         raise SplitinvError(f"unknown metric {unknown[0]!r}: use some of {', '.join(DIRECTIONS)}.")
     keys = [rows, cols] if cols else [rows]
     frame[keys] = frame[keys].astype(str)
-    ok = frame[frame["status"] == "ok"]
-    out = ok.groupby(keys, sort=False)[list(metrics)].agg(["mean", "std", "count"])
-    status = frame.groupby(keys, sort=False)["status"].agg(lambda s: ",".join(sorted(set(s) - {"ok"})))
-    runs = frame.groupby(keys, sort=False)["status"].agg(lambda s: int((s == "ok").sum()))
-    out = out.reindex(status.index)
-    out[("runs", "")] = runs
-    out[("problems", "")] = status
     jobs = frame["job"].astype(str) if "job" in frame else pd.Series("", index=frame.index)
-    out[("published", "")] = (
-        jobs.str.startswith("published:").groupby([frame[k] for k in keys], sort=False).all()
-    )
-    depth = frame.groupby(keys, sort=False)["cut_depth"].agg("mean") if "cut_depth" in frame else None
-    if depth is not None:
-        out[("depth", "")] = depth
+    cells: dict[Any, dict[tuple[str, str], Any]] = {}
+    for key, group in frame.groupby(keys, sort=False):
+        ok = group[group["status"] == "ok"]
+        cell: dict[tuple[str, str], Any] = {}
+        for m in metrics:
+            cell.update({(m, stat): value for stat, value in cell_stats(ok, m).items()})
+        cell[("runs", "")] = len(ok)
+        cell[("problems", "")] = ",".join(sorted(set(group["status"]) - {"ok"}))
+        cell[("published", "")] = bool(jobs[group.index].str.startswith("published:").all())
+        if "cut_depth" in group:
+            cell[("depth", "")] = pd.to_numeric(group["cut_depth"], errors="coerce").mean()
+        fractions = [
+            seed_means(ok, f).mean() if f in ok else math.nan for f in ("beats_grey", "beats_lowpass4")
+        ]
+        cell[("beats_grey", "")], cell[("beats_lowpass4", "")] = fractions
+        cell[("verdict", "")] = verdict(*fractions)
+        cells[key[0] if len(keys) == 1 else tuple(key)] = cell
+    out = pd.DataFrame.from_dict(cells, orient="index")
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    if len(keys) > 1:
+        out.index = pd.MultiIndex.from_tuples(out.index, names=keys)
+    else:
+        out.index.name = keys[0]
     return out
+
+
+def _legend(agg: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
+    """What a table's ±, n, markers and arrows mean (the markers only where it shows them)."""
+    lines = [
+        f"mean ± half-width of a {CONFIDENCE * 100:g} % Student-t interval over the per-seed means (jobs of "
+        "one seed averaged first); n = seeds × images per job."
+    ]
+    if any(agg[(m, "over")].eq("images").any() for m in metrics):
+        lines.append(
+            f"{IMAGES_MARK} one seed: the interval is over that seed's images, not over seeds "
+            "(run more seeds)."
+        )
+    shown = set(agg[("verdict", "")]) if any(m in DIRECTION for m in metrics) else set()
+    for word, what in ((NO_BETTER_THAN_LOWPASS, "a 4x4 low-pass image"), (NO_BETTER_THAN_GREY, "grey")):
+        if word in shown:
+            lines.append(
+                f"{VERDICT_MARKS[word]} {word}: at most half of the images beat {what} (fractions "
+                "averaged over seeds): the attack recovered little, which is no evidence of privacy."
+            )
+    arrow = {"lower": "↓", "higher": "↑"}
+    views = (
+        ("attacker", [m for m in metrics if m not in UTILITY]),
+        ("user", [m for m in metrics if m in UTILITY]),
+    )
+    parts = [
+        f"{who}: " + ", ".join(f"{LABELS.get(m, m)} {arrow[DIRECTIONS[m]]}" for m in these)
+        for who, these in views
+        if these
+    ]
+    lines.append(f"Arrows: which way is better, and for whom ({'; '.join(parts)}).")
+    return lines
 
 
 def table(
@@ -331,9 +443,11 @@ def table(
     metrics: Sequence[str] = ("lpips", "ssim", "psnr"),
     fmt: str = "md",
 ) -> str:
-    """A paper table: mean ± std over seeds, the best value per column marked, arrows for each direction.
+    """A paper table: mean ± 95 % half-width over seeds and n (seeds × images), the best value per column
+    marked, arrows for each direction (and whose), a marker on attack numbers whose verdict is not ``leaks``.
 
-    fmt: ``md`` (best in **bold**), ``latex`` (booktabs, best in \\textbf), ``csv`` (plain numbers).
+    fmt: ``md`` (best in **bold**), ``latex`` (booktabs, best in \\textbf), ``csv`` (plain numbers: mean,
+    std of the seed means, jobs, half-width, seeds, images, what the interval is over; verdict).
     """
     if fmt not in ("md", "latex", "csv"):
         raise SplitinvError(f"unknown table format {fmt!r}: use md, latex or csv.")
@@ -356,14 +470,32 @@ def table(
         if key not in agg.index:
             return "—", None
         line = agg.loc[key]
-        n = int(line[(m, "count")]) if not pd.isna(line[(m, "count")]) else 0
+        stats = {s: line[(m, s)] for s in ("mean", "half", "count", "over")}
+        n = int(stats["count"]) if not pd.isna(stats["count"]) else 0
         problems = line[("problems", "")]
-        text = _fmt(line[(m, "mean")], line[(m, "std")], n, _digits(m))
+        text = _fmt(stats, _digits(m))
+        if n and m in DIRECTION:
+            text += VERDICT_MARKS.get(line[("verdict", "")], "")
         if problems:
             text = f"{text} ({problems})" if n else problems
         if bool(line.get(("published", ""), False)):  # a paper's number is beside ours, never "best"
             return text, None
         return text, (line[(m, "mean")] if n else None)
+
+    def sizes(r: str) -> str:
+        found = []
+        for c in col_keys:
+            key = (r, c) if cols else r
+            if key not in agg.index:
+                continue
+            line = agg.loc[key]
+            counted = [m for m in metrics if line[(m, "count")]]
+            if bool(line.get(("published", ""), False)):
+                found.append("published")
+            elif counted:
+                seeds, images = line[(counted[0], "seeds")], line[(counted[0], "images")]
+                found.append(f"{seeds} × {images}" if images else f"{seeds} seed{'s' if seeds != 1 else ''}")
+        return ", ".join(dict.fromkeys(found)) or "0"
 
     best: dict[tuple[str | None, str], float] = {}
     for c in col_keys:
@@ -378,7 +510,11 @@ def table(
             a = arrow[DIRECTIONS[m]][0 if fmt == "md" else 1]
             label = f"{LABELS.get(m, m)} {a}"
             header.append(f"{c} {label}" if c is not None and len(col_keys) > 1 else label)
-    esc = str.maketrans({"_": r"\_", "%": r"\%", "&": r"\&", "±": r"$\pm$", "≥": r"$\geq$"})
+    header.append("n (seeds × images)")
+    esc = str.maketrans(
+        {"_": r"\_", "%": r"\%", "&": r"\&", "±": r"$\pm$", "≥": r"$\geq$", "×": r"$\times$",
+         "†": r"$^\dagger$", "‡": r"$^\ddagger$", "§": r"$^\S$", "↑": r"$\uparrow$", "↓": r"$\downarrow$"}
+    )  # fmt: skip
     body = []
     for r in row_keys:
         line = [r if fmt == "md" else r.translate(esc)]
@@ -389,26 +525,30 @@ def table(
                 if value is not None and best.get((c, m)) == value:
                     text = f"**{text}**" if fmt == "md" else rf"\textbf{{{text}}}"
                 line.append(text)
+        line.append(sizes(r) if fmt == "md" else sizes(r).translate(esc))
         body.append(line)
+    legend = _legend(agg, metrics)
     if fmt == "md":
         out = ["| " + " | ".join([rows, *header]) + " |", "|" + "---|" * (len(header) + 1)]
         out += ["| " + " | ".join(line) + " |" for line in body]
         if cols and len(col_keys) == 1 and col_keys[0] is not None:
             out.insert(0, f"{cols}: {col_keys[0]}\n")
-        return "\n".join(out) + "\n"
+        return "\n".join(out) + "\n\n" + "\n".join(legend) + "\n"
     spec = "l" + "c" * len(header)
     out = [r"\begin{tabular}{" + spec + "}", r"\toprule"]
     if cols and len(col_keys) > 1:
         groups = [rf"\multicolumn{{{len(metrics)}}}{{c}}{{{str(c).translate(esc)}}}" for c in col_keys]
-        out.append(" & " + " & ".join(groups) + r" \\")
+        out.append(" & " + " & ".join(groups) + r" & \\")
         starts = [2 + i * len(metrics) for i in range(len(col_keys))]
         out.append(" ".join(rf"\cmidrule(lr){{{s}-{s + len(metrics) - 1}}}" for s in starts))
         header = [f"{LABELS.get(m, m)} {arrow[DIRECTIONS[m]][1]}" for _ in col_keys for m in metrics]
+        header.append("n (seeds × images)")
     out.append(" & ".join([rows.translate(esc), *[h.translate(esc) for h in header]]) + r" \\")
     out.append(r"\midrule")
     for line in body:
         out.append(" & ".join(line) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
+    out += ["", r"\smallskip\footnotesize"] + [n.translate(esc) + r"\par" for n in legend]
     return "\n".join(out) + "\n"
 
 
@@ -425,7 +565,8 @@ def _series_keys(frame: pd.DataFrame) -> list[str]:
 def plot_depth(
     frame: pd.DataFrame, out_dir: str | Path, metrics: Sequence[str] = ("lpips", "ssim", "psnr")
 ) -> list[Path]:
-    """Quality against relative cut depth, one curve per architecture (and attack), mean ± std over seeds.
+    """Quality against relative cut depth, one curve per architecture (and attack): mean over seeds and its
+    95 % interval (:func:`cell_stats`).
 
     Writes quality_vs_depth.png and .pdf into ``out_dir``.
     """
@@ -442,12 +583,13 @@ def plot_depth(
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.0), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         for label, group in ok.groupby(keys, sort=True):
-            stats = group.groupby("cut_depth")[metric].agg(["mean", "std", "count"]).reset_index()
+            depths = sorted(group["cut_depth"].unique())
+            stats = [cell_stats(group[group["cut_depth"] == d], metric) for d in depths]
             name = " / ".join(str(v) for v in (label if isinstance(label, tuple) else (label,)))
             ax.errorbar(
-                stats["cut_depth"],
-                stats["mean"],
-                yerr=stats["std"].fillna(0),
+                depths,
+                [c["mean"] for c in stats],
+                yerr=[0.0 if c["half"] != c["half"] else c["half"] for c in stats],
                 marker="o",
                 ms=3,
                 capsize=2,
@@ -455,11 +597,12 @@ def plot_depth(
             )
         arrow = "↓" if DIRECTION[metric] == "lower" else "↑"
         ax.set_xlabel("relative cut depth")
-        ax.set_ylabel(f"{LABELS.get(metric, metric)} {arrow}")
+        ax.set_ylabel(f"{LABELS.get(metric, metric)} {arrow} (attacker: {DIRECTION[metric]} is better)")
         ax.set_xlim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, frameon=False)
-    fig.suptitle(_figure_title(ok), fontsize=9)
+    bars = f"bars: {CONFIDENCE * 100:g} % t interval over seeds (one seed: over its images)"
+    fig.suptitle(f"{_figure_title(ok)}; {bars}", fontsize=9)
     fig.tight_layout()
     return _save_figure(fig, Path(out_dir) / "quality_vs_depth")
 
@@ -572,11 +715,40 @@ def _first_images(
     return None
 
 
-def plot_privacy_utility(frame: pd.DataFrame, out_dir: str | Path, metric: str = "ssim") -> list[Path]:
+def chance_accuracy(frame: pd.DataFrame, sweep_dir: str | Path) -> float | None:
+    """1 / classes of the victim the finished jobs of ``frame`` attacked (their metrics.json), or None when
+    no job says (or they disagree)."""
+    classes = set()
+    for job in frame.loc[frame["status"] == "ok", "job"].astype(str):
+        rec, _ = _read_json(Path(sweep_dir) / job / METRICS_FILE)
+        victim = ((rec or {}).get("details") or {}).get("victim") or {} if isinstance(rec, dict) else {}
+        if isinstance(victim.get("num_classes"), int) and victim["num_classes"] > 0:
+            classes.add(victim["num_classes"])
+    return 1.0 / classes.pop() if len(classes) == 1 else None
+
+
+MARGIN = 0.03  # of an axis' span, beyond its stated ends: a point at an end is drawn whole
+
+
+def _span(low: float | None, high: float | None, values: Sequence[float]) -> tuple[float, float]:
+    """Axis limits from ``low`` to ``high`` (either may be None: the data's end instead), widened only to
+    take in data (means ± intervals) outside them, plus :data:`MARGIN` each side."""
+    data = [float(v) for v in values if v == v]
+    lo = min([v for v in (low, high) if v is not None and v == v] + data)
+    hi = max([v for v in (low, high) if v is not None and v == v] + data)
+    pad = MARGIN * (hi - lo) if hi > lo else 0.05 * (abs(hi) or 1.0)  # one value: a small span around it
+    return lo - pad, hi + pad
+
+
+def plot_privacy_utility(
+    frame: pd.DataFrame, out_dir: str | Path, metric: str = "ssim", chance: float | None = None
+) -> list[Path]:
     """Privacy-utility curves: the defended split's accuracy (x) against an attack metric (y), one panel per
-    cut point, one curve per defense and attacker over the defense's strength (mean over seeds), adaptive
-    attackers solid, naive ones dashed, the undefended split a black star. Writes
-    privacy_utility_<metric>.png and .pdf into ``out_dir``."""
+    cut point, one curve per defense and attacker in order of the defense's strength: mean over seeds with
+    95 % intervals as error bars (:func:`cell_stats`), adaptive attackers solid, naive ones dashed, the
+    undefended split a black star. Axes run from chance accuracy (``chance``, 1 / classes) and the grey
+    image's score (the baseline every run records) to the undefended split's values, widened only to take
+    in data beyond them; the axis labels state both ends. Writes privacy_utility_<metric>.png and .pdf."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -596,46 +768,92 @@ def plot_privacy_utility(frame: pd.DataFrame, out_dir: str | Path, metric: str =
             "no defended runs in this sweep: sweep defense=... to draw privacy-utility curves."
         )
     cuts = sorted(ok["cut"].astype(str).unique(), key=lambda c: ok[ok["cut"] == c]["cut_depth"].mean())
-    fig, axes = plt.subplots(1, len(cuts), figsize=(4.0 * len(cuts), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(cuts), figsize=(4.4 * len(cuts), 3.6), squeeze=False)
     colours = {d: f"C{i}" for i, d in enumerate(sorted(set(ok["defense"]) - {"none"}))}
+    label = LABELS.get(metric, metric)
+    safer = "lower" if DIRECTION[metric] == "higher" else "higher"  # a worse reconstruction leaks less
+    where = "test split" if x_key == "utility_test" else "evaluation images"
     for ax, cut in zip(axes[0], cuts, strict=True):
         here = ok[ok["cut"].astype(str) == cut]
+        xs: list[float] = []
+        ys: list[float] = []
         for (defense, attacker), group in here[here["defense"] != "none"].groupby(["defense", "attacker"]):
-            stats = group.groupby("defense_strength", dropna=False)[[x_key, metric]].mean().reset_index()
-            stats = stats.sort_values("defense_strength", key=lambda s: pd.to_numeric(s, errors="coerce"))
+            order = sorted(
+                group.groupby("defense_strength", dropna=False, sort=False).groups.items(),
+                key=lambda kv: _natural(kv[0]),
+            )
+            points = [
+                (cell_stats(group.loc[idx], x_key), cell_stats(group.loc[idx], metric)) for _, idx in order
+            ]
+            x = [p[0]["mean"] for p in points]
+            y = [p[1]["mean"] for p in points]
+            xerr = [0.0 if p[0]["half"] != p[0]["half"] else p[0]["half"] for p in points]
+            yerr = [0.0 if p[1]["half"] != p[1]["half"] else p[1]["half"] for p in points]
+            style = "--" if attacker == "naive" else "-"
             ax.plot(
-                stats[x_key],
-                stats[metric],
+                x,
+                y,
                 marker="o",
                 ms=3,
                 color=colours[defense],
-                linestyle="--" if attacker == "naive" else "-",
+                linestyle=style,
                 label=f"{defense} ({attacker})",
             )
+            ax.errorbar(
+                x, y, xerr=xerr, yerr=yerr, fmt="none", ecolor=colours[defense], elinewidth=0.8, capsize=2
+            )
+            xs += [v + s * e for v, e in zip(x, xerr, strict=True) for s in (-1, 1)]
+            ys += [v + s * e for v, e in zip(y, yerr, strict=True) for s in (-1, 1)]
         if metric == "psnr":
-            _plot_psnr_ceiling(ax, here, x_key, colours)
+            cx_, cy_ = _plot_psnr_ceiling(ax, here, x_key, colours)
+            xs += cx_
+            ys += cy_
         clean = here[here["defense"] == "none"]
+        top_x = top_y = None
         if not clean.empty:
-            ax.plot(clean[x_key].mean(), clean[metric].mean(), "k*", ms=9, label="no defense")
+            cx, cy = cell_stats(clean, x_key), cell_stats(clean, metric)
+            top_x, top_y = cx["mean"], cy["mean"]
+            errs = [[0.0 if s["half"] != s["half"] else s["half"]] for s in (cx, cy)]
+            ax.errorbar(
+                [top_x], [top_y], xerr=errs[0], yerr=errs[1], fmt="k*", ms=9, capsize=2, label="no defense"
+            )
+            xs += [top_x - errs[0][0], top_x + errs[0][0]]
+            ys += [top_y - errs[1][0], top_y + errs[1][0]]
+        grey_key = f"grey_{metric}"
+        grey = here[grey_key].mean() if grey_key in here and here[grey_key].notna().any() else None
+        ax.set_xlim(*_span(chance, top_x, xs))
+        ax.set_ylim(*_span(grey, top_y, ys))
         ax.set_title(f"cut {cut}", fontsize=9)
-        where = "test split" if x_key == "utility_test" else "evaluation images"
-        ax.set_xlabel(f"accuracy of the defended split ({where}) ↑")
-        safer = "lower" if DIRECTION[metric] == "higher" else "higher"  # a worse reconstruction leaks less
-        ax.set_ylabel(f"attack {LABELS.get(metric, metric)} ({safer} leaks less)")
+        start = f"chance {chance:.3f}" if chance is not None else "the data (chance unknown)"
+        end = f"undefended {top_x:.3f}" if top_x is not None else "the data (no undefended run)"
+        ax.set_xlabel(f"accuracy of the defended split ({where}) ↑\naxis: {start} to {end}", fontsize=8)
+        start = f"grey image {grey:.3f}" if grey is not None else "the data (grey baseline not scored)"
+        end = f"undefended {top_y:.3f}" if top_y is not None else "the data (no undefended run)"
+        ax.set_ylabel(f"attack {label} ({safer} leaks less)\naxis: {start} to {end}", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     victims = ", ".join(sorted(ok["victim"].astype(str).unique()))
     attacks = ", ".join(sorted(ok["attack"].astype(str).unique()))
-    fig.suptitle(f"privacy-utility: {victims}; attacks: {attacks}", fontsize=9)
+    seeds = int(ok["seed"].astype(str).nunique()) if "seed" in ok else 1
+    fig.suptitle(
+        f"privacy-utility: {victims}; attacks: {attacks}\nmean over {seeds} seed{'s' if seeds != 1 else ''}; "
+        f"bars: {CONFIDENCE * 100:g} % t interval over seeds (one seed: over its images)",
+        fontsize=8,
+    )
     fig.tight_layout()
     return _save_figure(fig, Path(out_dir) / f"privacy_utility_{metric}")
 
 
-def _plot_psnr_ceiling(ax: Any, here: pd.DataFrame, x_key: str, colours: dict[str, str]) -> None:
+def _plot_psnr_ceiling(
+    ax: Any, here: pd.DataFrame, x_key: str, colours: dict[str, str]
+) -> tuple[list[float], list[float]]:
     """Beside the attacks' PSNR: the PSNR ceiling dFIL puts on any unbiased attacker (``psnr_ceiling``), one
-    dotted curve per noisy defense over its strength, where the runs recorded a leakage bound."""
+    dotted curve per noisy defense over its strength, where the runs recorded a leakage bound; the points
+    drawn (x, y), so that the axes hold them."""
+    xs: list[float] = []
+    ys: list[float] = []
     if "psnr_ceiling" not in here or not here["psnr_ceiling"].notna().any():
-        return
+        return xs, ys
     bounded = here[here["psnr_ceiling"].notna() & (here["defense"] != "none")]
     for defense, group in bounded.groupby("defense"):
         stats = group.groupby("defense_strength", dropna=False)[[x_key, "psnr_ceiling"]].mean().reset_index()
@@ -649,6 +867,9 @@ def _plot_psnr_ceiling(ax: Any, here: pd.DataFrame, x_key: str, colours: dict[st
             linestyle=":",
             label=f"{defense}: dFIL ceiling (unbiased)",
         )
+        xs += [float(v) for v in stats[x_key] if v == v]
+        ys += [float(v) for v in stats["psnr_ceiling"] if v == v]
+    return xs, ys
 
 
 def _save_figure(fig: Any, stem: Path) -> list[Path]:

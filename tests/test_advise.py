@@ -165,11 +165,11 @@ def test_constraints_keep_the_qualifying_cuts_best_first_or_name_what_binds() ->
     table = _rows()
     verdict = adv.constrain(table, {"max_ssim": 0.6, "max_device_mflops": 45e-6, "min_utility": 0.75})
     assert list(verdict.rows["cut"]) == ["d", "e", "b", "c"]  # lowest SSIM, then fewest FLOPs, bytes
-    assert "4 of 7 cut points meet" in verdict.summary() and "1. d: SSIM 0.200" in verdict.summary()
+    assert "4 of 7 rows meet" in verdict.summary() and "1. d: SSIM 0.200" in verdict.summary()
     none = adv.constrain(table, {"max_ssim": 0.3, "max_device_mflops": 35e-6})
     assert none.rows.empty and none.binding == ["max_ssim", "max_device_mflops"]
     text = none.summary()
-    assert text.startswith("no cut point meets all of max_ssim <= 0.3, max_device_mflops <= 3.5e-05 MFLOPs.")
+    assert text.startswith("no row meets all of max_ssim <= 0.3, max_device_mflops <= 3.5e-05 MFLOPs.")
     assert "max_ssim <= 0.3 binds: without it, b, c, a, g." in text  # g, not attacked, comes last
     assert "max_device_mflops <= 3.5e-05 MFLOPs binds: without it, d, e, f" in text
     # each constraint alone leaves nothing: none binds on its own
@@ -203,13 +203,19 @@ def _fake_run(
     lpips: float | None = None,
     utility: dict | None = None,
     defense: dict | None = None,
+    beats: tuple[float, float] | None = (1.0, 1.0),
+    std: float = 0.0,
 ) -> None:
+    """A finished job's metrics.json as run.py writes it; ``beats``: the fractions of images beating grey
+    and the 4x4 low-pass (None: baselines not scored)."""
+    from splitinv.baselines import verdict
+
     folder = root / job
     folder.mkdir(parents=True)
     record = {
         "format": "splitinv-results/1",
         "status": "ok",
-        "ssim": {"mean": ssim, "std": 0.0, "n": 4},
+        "ssim": {"mean": ssim, "std": std, "n": 4},
         "psnr": {"mean": 10.0, "std": 0.0, "n": 4},
         "lpips": None if lpips is None else {"mean": lpips, "std": 0.0, "n": 4},
         "victim": victim,
@@ -223,6 +229,9 @@ def _fake_run(
         "aux_data": "same",
         "details": {"victim": {"name": victim, "image_size": size, "num_classes": 10}, "cut": {"name": cut}},
     }
+    if beats is not None:
+        record["beats_grey"], record["beats_lowpass4"] = ({"mean": b, "std": 0.0, "n": 4} for b in beats)
+    record["verdict"] = verdict(*(beats or (None, None)))
     if utility is not None:
         record["utility"] = utility
     if defense is not None:
@@ -244,28 +253,40 @@ def _sweep(tmp_path: Path) -> Path:
 
 
 def test_leakage_rows_name_the_strongest_attack_and_flag_cuts_with_fewer_attacks(tmp_path: Path) -> None:
+    from scipy import stats
+
     table = adv.advise(_sweep(tmp_path), cuts="stages", latency_runs=1, warmup=0)
-    assert list(table["cut"]) == stage_points(_victim())  # relu, layer1, layer2, layer3, avgpool
+    # relu, layer1, layer2, layer3, avgpool between the two reference rows
+    assert list(table["cut"]) == ["image", *stage_points(_victim()), "device"]
     rows = table.set_index("cut")
-    assert rows.loc["layer1", "ssim"] == 0.78 and rows.loc["layer1", "ssim_attack"] == "rmle"
-    assert rows.loc["layer1", "lpips"] == 0.30 and rows.loc["layer1", "runs"] == 3
+    # rmle: seeds 0 and 1 (0.75, 0.78): the mean and the 95 % t interval over them, by hand
+    half = stats.t.ppf(0.975, 1) * 0.015
+    assert rows.loc["layer1", "ssim"] == pytest.approx(0.765) and rows.loc["layer1", "ssim_attack"] == "rmle"
+    assert (
+        rows.loc["layer1", "ssim_hi"] == pytest.approx(0.765 + half)
+        and rows.loc["layer1", "ssim_n"] == "2 × 4"
+    )
+    assert rows.loc["layer1", "lpips"] == pytest.approx(0.325) and rows.loc["layer1", "runs"] == 3
     assert math.isnan(rows.loc["layer3", "lpips"])  # LPIPS null offline: n/a, not an error
     assert rows.loc["layer2", "attacks"] == 1 and rows.loc["layer2", "flagged"]  # the alias layer2.1 counted
     assert not rows.loc["layer1", "flagged"] and not rows.loc["relu", "flagged"]
-    assert rows["pareto"].tolist() == [None, True, True, True, None]  # relu, avgpool: not attacked
+    # relu, avgpool: not attacked; the image and device rows: shown, not ranked
+    assert rows["pareto"].tolist() == [None, None, True, True, True, None, None]
     assert table.attrs["utility_metric"] == "accuracy" and table.attrs["max_attacks"] == 2
     md = adv.render(table, "md")
     assert "| 1 attack† |" in md and "† attacked by fewer attacks than the most-attacked cut (2)" in md
     assert "not attacked" in md and "| n/a |" in md and "**layer3**" in md
+    assert f"| {0.765:.3f} ± {half:.3f} | 2 × 4 |" in md and "| leaks |" in md
     assert r"$^\dagger$" in adv.render(table, "latex") and r"\bottomrule" in adv.render(table, "latex")
     csv = pd.read_csv(io.StringIO(adv.render(table, "csv")))
     assert list(csv["cut"]) == list(table["cut"]) and "pareto" in csv
     paths = adv.plot(table, tmp_path / "fig")
     assert all(p.stat().st_size > 1000 for p in paths)
     # every listed cut point by default, the attacked ones only on request
-    assert list(adv.advise(_sweep(tmp_path / "b"), latency_runs=1, warmup=0)["cut"]) == cut_points(_victim())
+    every = adv.advise(_sweep(tmp_path / "b"), latency_runs=1, warmup=0)
+    assert list(every["cut"]) == ["image", *cut_points(_victim()), "device"]
     attacked = adv.advise(_sweep(tmp_path / "c"), latency_runs=1, warmup=0, attacked_only=True)
-    assert list(attacked["cut"]) == ["layer1", "layer2", "layer3"]
+    assert list(attacked["cut"]) == ["image", "layer1", "layer2", "layer3", "device"]
 
 
 def test_a_sweep_with_defenses_gives_one_row_per_cut_and_defense(tmp_path: Path) -> None:
@@ -278,11 +299,15 @@ def test_a_sweep_with_defenses_gives_one_row_per_cut_and_defense(tmp_path: Path)
     with pytest.warns(UserWarning, match="defense 'noise sigma=0.5'"):
         table = adv.advise(root, cuts="layer1,layer2", latency_runs=1, warmup=0)
     assert list(zip(table["cut"], table["defense"], strict=True)) == [
+        ("image", "none"),
         ("layer1", "none"),
         ("layer2", "none"),
         ("layer2", "noise sigma=0.5"),
+        ("device", "none"),
     ]
-    assert table["utility"].tolist()[1:] == [0.8, 0.6] and table["pareto"].tolist() == [None, True, True]
+    # the reference rows run the whole undefended victim: its accuracy
+    assert table["utility"].tolist()[2:] == [0.8, 0.6, 0.8] and table["utility"].iloc[0] == 0.8
+    assert table["pareto"].tolist() == [None, None, True, True, None]
     assert "| defense |" in adv.render(table, "md") and "sent KiB (fp32)" in adv.render(table, "md")
 
 
@@ -346,8 +371,10 @@ def test_the_cli_writes_tables_and_figure_and_answers_a_constraint_query(
         str(out),
     )
     assert code == 0, err
-    assert "e2e ms (est.)" in text and "2 of 5 cut points meet max_ssim <= 0.5" in text
-    assert "  1. layer3: SSIM 0.250 (rmle)" in text and "  2. layer2: SSIM 0.400 (decoder)" in text
+    # under the cap: layer3, layer2 and the device row, fastest end to end first (phone profile)
+    assert "e2e ms (est.)" in text and "3 of 7 rows meet max_ssim <= 0.5 (fastest end to end first)" in text
+    assert "  1. device: no leakage (only the label is sent), 74.03 MFLOPs, 1 B sent" in text
+    assert "  2. layer3: SSIM 0.250 ± 0.000§ (rmle)" in text and "  3. layer2: SSIM 0.400 ± 0.000§" in text
     for name in ("advise.md", "advise.tex", "advise.csv", "advise_pareto.png", "advise_pareto.pdf"):
         assert (out / name).stat().st_size > 100, name
 
@@ -392,20 +419,26 @@ def test_split_advisor_cpu_runs_end_to_end(tmp_path: Path, quickstart_victim: Pa
     assert len(records) == 10 and {r["attack"] for r in records} == {"decoder", "rmle"}
     table = pd.read_csv(out / "advise.csv")
     victim = _victim()
-    assert list(table["cut"]) == cut_points(victim)  # every cut point, the 5 stages attacked
+    # every cut point between the image and device rows, the 5 stages attacked
+    assert list(table["cut"]) == ["image", *cut_points(victim), "device"]
     attacked = table[table["attacked"]]
     assert list(attacked["cut"]) == stage_points(victim) and (attacked["attacks"] == 2).all()
-    assert attacked["pareto"].isin([True, False]).all() and attacked["pareto"].any()
+    assert not attacked.iloc[0]["weak"]  # the CPU-sized attacks beat the 4x4 low-pass at the shallowest cut
+    strong, weak = attacked[~attacked["weak"]], attacked[attacked["weak"]]
+    assert strong["pareto"].isin([True, False]).all() and strong["pareto"].any()
+    assert weak["pareto"].isna().all()
     assert table.loc[~table["attacked"], "pareto"].isna().all()
     assert attacked["accuracy"].notna().all()
     md = (out / "advise.md").read_text()
     assert "| Pareto |" in md and "not attacked" in md
     assert (out / "advise_pareto.png").stat().st_size > 10_000
     # a constraint query on the finished sweep (read, not rerun): the answer the table implies
-    limit = float(attacked["ssim"].median())
+    limit = float(strong["ssim_hi"].median())  # at least one strong cut meets it
     budget = (float(attacked["device_flops"].max()) + 1) / 1e6  # every attacked cut fits
-    expected = attacked[(attacked["ssim"] <= limit) & (attacked["device_flops"] <= budget * 1e6)]
-    expected = expected.sort_values(["ssim", "device_flops", "payload_bytes"])
+    expected = strong[(strong["ssim_hi"] <= limit) & (strong["device_flops"] <= budget * 1e6)]
+    expected = expected.sort_values(
+        ["ssim_hi", "device_flops", "payload_bytes"]
+    )  # the device row: too costly
     proc = _console(
         "splitinv",
         "advise",
@@ -421,7 +454,7 @@ def test_split_advisor_cpu_runs_end_to_end(tmp_path: Path, quickstart_victim: Pa
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert re.search(rf"{len(expected)} of 15 cut points meets? max_ssim <= {limit:g}", proc.stdout)
+    assert re.search(rf"{len(expected)} of 17 rows meets? max_ssim <= {limit:g}", proc.stdout)
     ranked = [
         ln.split(":")[0].split(". ", 1)[1]
         for ln in proc.stdout.splitlines()
@@ -442,5 +475,57 @@ def test_split_advisor_cpu_runs_end_to_end(tmp_path: Path, quickstart_victim: Pa
         str(tmp_path / "none"),
         cwd=tmp_path,
     )
-    assert proc.returncode == 0 and "no cut point meets all of" in proc.stdout
+    assert proc.returncode == 0 and "no row meets all of" in proc.stdout
     assert "max_device_mflops <= 0.001 MFLOPs binds" in proc.stdout
+
+
+def test_weak_and_unscored_attacks_the_reference_rows_and_the_capped_ranking(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from scipy import stats
+
+    from splitinv.results import save_images
+
+    root = tmp_path / "sweep"
+    util = {"accuracy": 0.8, "agreement": 1.0, "n": 4}
+    # layer1: the decoder beats the low-pass on 3 of 4 images; rMLE was run without baselines (unscored)
+    _fake_run(root, "0", "layer1", "decoder", 0.60, utility=util, beats=(1.0, 0.75))
+    _fake_run(root, "1", "layer1", "rmle", 0.50, utility=util, beats=None)
+    # layer2: its strongest attack beats grey, not the low-pass (seed means 0.5 and 0.25 -> 0.375)
+    _fake_run(root, "2", "layer2", "decoder", 0.20, utility=util, beats=(1.0, 0.5))
+    _fake_run(root, "3", "layer2", "decoder", 0.202, seed=1, utility=util, beats=(1.0, 0.25))
+    # layer3: one seed, SSIM 0.28 with std 0.1 over 4 images: its upper end (0.28 + t_3 x 0.05) is above 0.3
+    _fake_run(root, "4", "layer3", "decoder", 0.28, std=0.1, utility=util)
+    _fake_run(root, "5", "avgpool", "decoder", 0.10, utility=util)
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    save_images(root / "0" / "images.pt", images, images)
+    table = adv.advise(root, cuts="stages", latency_runs=1, warmup=0, jpeg_quality=75)
+    rows = table.set_index("cut")
+    assert rows.loc["layer1", "attacks"] == 1 and rows.loc["layer1", "attack_names"] == "decoder"
+    assert rows.loc["layer1", "verdict"] == "leaks" and not rows.loc["layer1", "weak"]
+    assert rows.loc["layer2", "verdict"] == "no better than a low-pass image" and rows.loc["layer2", "weak"]
+    assert rows.loc["layer2", "pareto"] is None  # a weak attack's low SSIM is not a private cut
+    upper = 0.28 + stats.t.ppf(0.975, 3) * 0.1 / 2
+    assert (
+        rows.loc["layer3", "ssim_hi"] == pytest.approx(upper) and rows.loc["layer3", "ssim_over"] == "images"
+    )
+    # the reference rows: the image's uint8 bytes and its JPEG size measured on images.pt; the label's byte
+    image, device = rows.loc["image"], rows.loc["device"]
+    assert image["payload_bytes"] == 3 * 32 * 32 and image["device_flops"] == 0 and image["ssim"] == 1.0
+    assert image["jpeg_bytes"] == pytest.approx(sum(adv.jpeg_bytes(images, 75)) / 3)
+    assert device["payload_bytes"] == 1 and device["tail_flops"] == 0
+    assert device["device_flops"] == image["tail_flops"] == rows.loc["avgpool", "device_flops"] + 2 * 512 * 10
+    md = adv.render(table, "md")
+    assert rows.loc["layer2", "ssim_hi"] < 0.3  # under the cap, yet left out below
+    assert "| 0.201 ±" in md and "⚠ |" in md and "attack too weak" in md and "| baseline |" in md
+    assert "JPEG at quality 75" in md and "the 3 evaluation images in job 0's images.pt" in md
+    verdict = adv.constrain(table, {"max_ssim": 0.3})
+    # layer2 (weak) and layer3 (upper end above the cap) are left out, the device row leaks nothing
+    assert list(verdict.rows["cut"]) == ["device", "avgpool"]
+    fast = adv.constrain(
+        adv.estimate_latency(table, adv.DeviceProfile("t", 1000, 0.1, 1000)), {"max_ssim": 1}
+    )
+    e2e = fast.rows["e2e_ms"].tolist()
+    assert e2e == sorted(e2e) and fast.rows["cut"].iloc[0] == "device"  # a slow uplink: the label wins
+    with pytest.raises(SplitinvError, match="JPEG quality 0"):
+        adv.jpeg_bytes(images, 0)

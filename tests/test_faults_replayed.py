@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -110,14 +111,16 @@ def test_an_edited_metrics_json_is_caught_by_table_advise_and_a_rerun(
     with caplog.at_level(logging.WARNING, logger="splitinv.report"):
         cli.main(["table", str(sweep), "--metrics", "ssim", "--cols", "none"])
     out = capsys.readouterr().out
-    assert f"| {original:.3f} (edited) |" in out and "0.999" not in out
+    # the untouched job: one seed, its interval over its images (§); the edited job left out
+    assert re.search(rf"\| {original:.3f} ± [0-9.]+§ \(edited\) \| 1 × 4 \|", out) and "0.999" not in out
     warned = [r.getMessage() for r in caplog.records if "metrics.json" in r.getMessage()]
     assert len(warned) == 1 and "\n" not in warned[0]
     assert f"{sweep / '0' / 'metrics.json'} was changed after splitinv wrote it" in warned[0]
     assert "--trust-edited" in warned[0]
     # a deliberate edit, accepted
     cli.main(["table", str(sweep), "--metrics", "ssim", "--cols", "none", "--trust-edited"])
-    assert f"| {(0.999 + original) / 2:.3f} ± " in capsys.readouterr().out  # both jobs, the edit included
+    # both jobs, the edit included: one seed of two jobs, so no interval (neither over seeds nor images)
+    assert f"| {(0.999 + original) / 2:.3f} | 1 × 4 |" in capsys.readouterr().out
     # advise: no finished run left to advise on once the untouched job is gone
     shutil.rmtree(sweep / "1")
     before = _snapshot(sweep)

@@ -381,3 +381,69 @@ def test_negative_samples_every_is_one_line(tmp_path: Path) -> None:
     )
     with pytest.raises(SplitinvError, match="samples_every=-1"):
         train_gan(cfg)
+
+
+def _defense_job(root: Path, name: str, seed: int, strength: Any, aware: bool, ssim: float) -> None:
+    """A finished job as run.py writes it (gaussian at ``strength``, or undefended for None): known SSIM,
+    test accuracy 0.8 / (1 + strength / 10) + 0.001 x seed, the grey image's SSIM 0.1 + 0.002 x seed."""
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text(f"victim: {{name: resnet18}}\ncut: layer1\nseed: {seed}\n")
+    accuracy = 0.8 / (1 + (strength or 0) / 10) + 0.001 * seed
+    record = {
+        "format": results.RESULTS_FORMAT, "status": "ok", "ssim": {"mean": ssim, "std": 0.1, "n": 8},
+        "victim": "resnet18", "cut": "layer1", "attack": "decoder", "seed": seed,
+        "defense": "none" if strength is None else "gaussian", "defense_strength": strength,
+        "defense_aware": aware, "utility_test": {"accuracy": accuracy, "n": 1000},
+        "baselines": {"grey": {"ssim": {"mean": 0.1 + 0.002 * seed, "std": 0.0, "n": 8}}},
+        "details": {"cut": {"index": 2, "relative_depth": 0.2}, "victim": {"num_classes": 10}},
+    }  # fmt: skip
+    (job / "metrics.json").write_text(json.dumps(record))
+    results.write_digest(job / "metrics.json")
+
+
+def test_privacy_utility_curves_follow_strength_name_their_attacker_and_span_grey_to_undefended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scipy import stats
+
+    from splitinv import cli, report
+
+    root = tmp_path / "sweep"
+    strengths = [4, 0.25, 10, 1]  # written out of order; as text, 10 sorts before 4
+
+    def ssim(aware: bool, strength: float, seed: int) -> float:  # the adaptive attacker leaks more
+        return 0.5 - 0.03 * strength + (0.05 if aware else 0.0) + 0.002 * seed
+
+    n = 0
+    for seed in (0, 1):
+        _defense_job(root, str(n), seed, None, True, 0.7 + 0.002 * seed)
+        n += 1
+        for aware in (True, False):
+            for s in strengths:
+                _defense_job(root, str(n), seed, s, aware, ssim(aware, s, seed))
+                n += 1
+    figures: list[Any] = []
+    monkeypatch.setattr(
+        report, "_save_figure", lambda fig, stem: figures.append(fig) or [Path(f"{stem}.png")]
+    )
+    assert cli.main(["plot", "--privacy-utility", str(root), "--metrics", "ssim"]) is None
+    (ax,) = [a for a in figures[0].axes if a.get_lines()]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    order = sorted(strengths)  # by strength: 0.25, 1, 4, 10
+    t = stats.t.ppf(0.975, 1)  # two seeds: the 95 % t interval over them, by hand
+    half_y, half_x = t * 0.002 / 2, t * 0.001 / 2  # sem of two values d apart: d / 2
+    for aware, name, style in ((True, "gaussian (adaptive)", "-"), (False, "gaussian (naive)", "--")):
+        line = lines[name]
+        assert line.get_linestyle() == style
+        assert np.allclose(line.get_ydata(), [ssim(aware, s, 0) + 0.001 for s in order])
+        assert np.allclose(line.get_xdata(), [0.8 / (1 + s / 10) + 0.0005 for s in order])
+    segments = [seg for c in ax.containers if c.has_yerr for seg in c.lines[2][-1].get_segments()]
+    assert len(segments) == 2 * len(strengths) + 1
+    assert np.allclose([seg[1, 1] - seg[0, 1] for seg in segments], 2 * half_y)  # the y error bars
+    # axes from chance (1 / 10 classes) and the grey image's SSIM to the undefended values (with their bars)
+    pad_x, pad_y = (report.MARGIN * (hi - lo) for lo, hi in ((0.1, 0.8005 + half_x), (0.101, 0.701 + half_y)))
+    assert ax.get_xlim() == pytest.approx((0.1 - pad_x, 0.8005 + half_x + pad_x))
+    assert ax.get_ylim() == pytest.approx((0.101 - pad_y, 0.701 + half_y + pad_y))
+    assert "axis: chance 0.100 to undefended 0.800" in ax.get_xlabel()
+    assert "axis: grey image 0.101 to undefended 0.701" in ax.get_ylabel()

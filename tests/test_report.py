@@ -63,14 +63,15 @@ def test_collect_keeps_failed_jobs(sweep: Path) -> None:
 
 def test_markdown_table_means_over_seeds_and_marks_the_best(sweep: Path) -> None:
     text = table(collect(sweep), rows="cut", cols="victim", metrics=["ssim", "psnr"], fmt="md")
-    lines = text.strip().splitlines()
+    lines = [line for line in text.strip().splitlines() if line.startswith("|")]  # the legend follows
     assert lines[0].startswith("| cut | resnet18 SSIM ↑ | resnet18 PSNR ↑ | vgg16_bn SSIM ↑")
     # rows ordered by cut depth: layer1 (0.2) before layer3 (0.6), then the failed layer4 (unknown depth)
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["layer1", "layer3", "layer4"]
     layer1 = lines[2].split("|")
-    assert layer1[2].strip() == "**0.810 ± 0.014**"  # mean of 0.80 and 0.82, sample std, best in column
-    assert layer1[4].strip() == "**0.860 ± 0.014**"
-    assert lines[3].split("|")[2].strip() == "0.410 ± 0.014"  # not the best: no bold
+    # mean of 0.80 and 0.82 ± the 95 % t half-width over the two seeds (12.706 x 0.01), best in column
+    assert layer1[2].strip() == "**0.810 ± 0.127**"
+    assert layer1[4].strip() == "**0.860 ± 0.127**" and layer1[-2].strip() == "2 × 8"  # seeds x images
+    assert lines[3].split("|")[2].strip() == "0.410 ± 0.127"  # not the best: no bold
     assert "failed" in lines[4]  # the failed job is shown, not dropped
 
 
@@ -86,9 +87,10 @@ def test_lower_is_better_for_lpips_direction(tmp_path: Path) -> None:
 
 def test_latex_table_is_booktabs_with_bold_best(sweep: Path) -> None:
     text = table(collect(sweep), rows="cut", cols="victim", metrics=["ssim"], fmt="latex")
-    assert text.startswith(r"\begin{tabular}{lcc}") and r"\toprule" in text and r"\bottomrule" in text
+    assert text.startswith(r"\begin{tabular}{lccc}") and r"\toprule" in text and r"\bottomrule" in text
     assert r"\multicolumn{1}{c}{vgg16\_bn}" in text
-    assert r"\textbf{0.810 $\pm$ 0.014}" in text and r"SSIM $\uparrow$" in text
+    assert r"\textbf{0.810 $\pm$ 0.127}" in text and r"SSIM $\uparrow$" in text
+    assert r"attacker: SSIM $\uparrow$" in text  # whose view the arrow is
 
 
 def test_csv_table_has_numbers_and_counts(sweep: Path) -> None:
@@ -173,3 +175,69 @@ def test_depth_figure_is_titled_with_what_it_shows(tmp_path):
          "defense_setting": ["none", "none"], "seed": [0, 1]}
     )  # fmt: skip
     assert _figure_title(frame) == "victim resnet18, vit_b_16; attack decoder; data photos (2 seeds)"
+
+
+def _seeded_job(root: Path, name: str, cut: str, seed: int, ssim: float, grey: float, lowpass: float) -> None:
+    """A finished job as run.py writes it, with known SSIM (mean, std 0.1 over 8 images) and the fractions
+    of images beating grey and the 4x4 low-pass (with their verdict)."""
+    from splitinv.baselines import verdict
+
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text(f"victim: {{name: resnet18}}\ncut: {cut}\nseed: {seed}\n")
+    record = {
+        "format": RESULTS_FORMAT,
+        "status": "ok",
+        **{k: {"mean": v, "std": 0.1, "n": 8} for k, v in (("ssim", ssim), ("psnr", 10 * ssim))},
+        "lpips": None,
+        "beats_grey": {"mean": grey, "std": 0.5, "n": 8},
+        "beats_lowpass4": {"mean": lowpass, "std": 0.5, "n": 8},
+        "verdict": verdict(grey, lowpass),
+        **{"victim": "resnet18", "weights": "trained", "cut": cut, "attack": "decoder", "seed": seed},
+        "details": {"cut": {"index": {"layer1": 2, "layer2": 5}[cut], "relative_depth": 0.1}},
+    }
+    (job / "metrics.json").write_text(json.dumps(record))
+    write_digest(job / "metrics.json")
+
+
+def test_tables_show_the_t_interval_over_seeds_n_and_the_verdict_of_the_seed_means(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import numpy as np
+    from scipy import stats
+
+    root = tmp_path / "sweep"
+    # layer1: three seeds; seed 0 alone would leak (0.75 of its images beat the low-pass), their mean does not
+    seeds = {0: (0.50, 0.75), 1: (0.60, 0.25), 2: (0.85, 0.20)}
+    for seed, (ssim, lowpass) in seeds.items():
+        _seeded_job(root, f"l1s{seed}", "layer1", seed, ssim, 0.9, lowpass)
+    _seeded_job(root, "l2s0", "layer2", 0, 0.30, 0.25, 0.0)  # one seed, no better than grey
+    values = np.array([v for v, _ in seeds.values()])
+    half = stats.t.ppf(0.975, 2) * values.std(ddof=1) / np.sqrt(3)  # by hand: t over the 3 seed means
+    images_half = stats.t.ppf(0.975, 7) * 0.1 / np.sqrt(8)  # one seed: t over its 8 images
+    assert round(half, 3) != round(images_half, 3)
+    assert cli.main(["table", str(root), "--cols", "none", "--metrics", "ssim,utility"]) is None
+    text = capsys.readouterr().out
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines() if "| layer" in line
+    }
+    assert [c.strip() for c in rows["layer1"]] == [f"**{values.mean():.3f} ± {half:.3f}†**", "n/a", "3 × 8"]
+    assert [c.strip() for c in rows["layer2"]] == [f"0.300 ± {images_half:.3f}§‡", "n/a", "1 × 8"]
+    assert "95 % Student-t interval over the per-seed means" in text
+    assert "§ one seed: the interval is over that seed's images" in text
+    assert "† no better than a low-pass image" in text and "‡ no better than grey" in text
+    assert "Arrows: which way is better, and for whom (attacker: SSIM ↑; user: accuracy ↑)" in text
+    csv = table(collect(root), rows="cut", cols=None, metrics=["ssim"], fmt="csv")
+    import io
+
+    import pandas as pd
+
+    frame = pd.read_csv(io.StringIO(csv)).set_index("cut")
+    assert frame.loc["layer1", "ssim_half"] == pytest.approx(half)
+    assert frame.loc["layer1", "ssim_seeds"] == 3 and frame.loc["layer1", "ssim_over"] == "seeds"
+    assert frame.loc["layer1", "beats_lowpass4"] == pytest.approx(0.4)
+    assert frame.loc["layer1", "verdict"] == "no better than a low-pass image"
+    assert (
+        frame.loc["layer2", "ssim_over"] == "images"
+        and frame.loc["layer2", "verdict"] == "no better than grey"
+    )
