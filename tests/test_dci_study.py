@@ -30,7 +30,7 @@ def test_the_study_runs_dci_at_its_own_defaults() -> None:
         assert attack[key] == value and attack.name.startswith(setting.split("_")[0] + "_")
         assert attack.synth_images == 64  # the variant's budget reaches every DCI setting
     rmle = compose(["experiment=dci_study_cpu", "+experiment/dci_setting=rmle"]).attack
-    assert (rmle.name, rmle.steps) == ("rmle", 200) and "synth_images" not in rmle
+    assert (rmle.name, rmle.steps) == ("rmle", 1500) and "synth_images" not in rmle
 
 
 def test_interval_is_students_t() -> None:
