@@ -20,11 +20,12 @@ def test_the_study_runs_dci_at_its_own_defaults() -> None:
     study = compose(["experiment=dci_study", "+experiment/dci_setting=dci"])
     for key, value in study.dci_study.dci.items():
         assert study.attack[key] == value == defaults[key], key
+    assert study.trainer.max_epochs == compose(["attack=dci"]).trainer.max_epochs  # the trainer's default
     for setting, key, value in [
         ("dci_nocycle", "cycle_weight", 0.0),
         ("dci_single", "blocks", "single"),
         ("dci_aux", "inverter_data", "aux"),
-        ("dci_synth", "synth_iterations", 400),  # dci_study_cpu's ablation_synth_iterations
+        ("dci_synth", "synth_iterations", 25),  # dci_study_cpu's ablation_synth_iterations
     ]:
         attack = compose(["experiment=dci_study_cpu", f"+experiment/dci_setting={setting}"]).attack
         assert attack[key] == value and attack.name.startswith(setting.split("_")[0] + "_")
