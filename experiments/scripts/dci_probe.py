@@ -41,6 +41,7 @@ VARIANTS = {  # name: (epochs, finetune epochs, training images)
     "256 x 25 it, 80 steps": (20, 5, "256x25"),
     "256 x 25 it, 400 steps": (100, 25, "256x25"),
     "64 real, 80 steps": (20, 5, "real64"),
+    "64 real, 400 steps": (100, 25, "real64"),
     "256 real, 400 steps": (100, 25, "real256"),
 }
 
@@ -53,6 +54,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--out", default="outputs/dci_probe")
+    parser.add_argument("--synth-lr", type=float, default=0.05, help="attack.synth_lr (its default 0.05)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), help="names from VARIANTS")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -71,14 +74,19 @@ def main() -> None:
         real = torch.stack([real_set[int(i)][0] for i in order])
         more = torch.randperm(len(real_set), generator=torch.Generator().manual_seed(seed))[: 4 * args.images]
         low = metrics.ssim(x, lowpass(x, 4)).mean().item()
-        common = {"num_classes": 10, "jitter": 4, "seed": seed, "progress": False}
+        common = {"num_classes": 10, "jitter": 4, "seed": seed, "progress": False, "lr": args.synth_lr}
         start = time.perf_counter()
         few = synthesize(
             victim, args.images, (3, 32, 32), iterations=args.iterations, batch_size=64, **common
         )
         synth_s = time.perf_counter() - start
         quarter = args.iterations // 4
-        many = synthesize(victim, 4 * args.images, (3, 32, 32), iterations=quarter, batch_size=256, **common)
+        need = {VARIANTS[name][2] for name in args.variants}
+        many = (
+            synthesize(victim, 4 * args.images, (3, 32, 32), iterations=quarter, batch_size=256, **common)
+            if "256x25" in need
+            else (None,)
+        )
         sets = {
             "64x100": few[0],
             "256x25": many[0],
@@ -88,7 +96,8 @@ def main() -> None:
         points = chain_points(head, "stages", 32)
         with torch.no_grad():
             v = head(x)
-        for name, (epochs, finetune, images) in VARIANTS.items():
+        for name in args.variants:
+            epochs, finetune, images = VARIANTS[name]
             torch.manual_seed(seed)
             blocks = build_blocks(head, points)
             chain = InverterChain(_block_shapes(head, blocks, (3, 32, 32)))
@@ -108,8 +117,8 @@ def main() -> None:
             chain.eval()
             with torch.no_grad():
                 ssim = metrics.ssim(x, chain(v).clamp(0, 1)).mean().item()
-            row = {"seed": seed, "cut": args.cut, "variant": name, "ssim": ssim, "lowpass4": low,
-                   "train_s": seconds, "synth_s": synth_s, "steps": epochs * 4}  # fmt: skip
+            row = {"seed": seed, "cut": args.cut, "variant": name, "synth_lr": args.synth_lr, "ssim": ssim,
+                   "lowpass4": low, "train_s": seconds, "synth_s": synth_s, "steps": epochs * 4}  # fmt: skip
             results.append(row)
             print(json.dumps(row), flush=True)
     (out / f"probe_{args.cut}.json").write_text(json.dumps(results, indent=1))
