@@ -118,6 +118,7 @@ def main() -> None:
             with torch.no_grad():
                 ssim = metrics.ssim(x, chain(v).clamp(0, 1)).mean().item()
             row = {"seed": seed, "cut": args.cut, "variant": name, "synth_lr": args.synth_lr, "ssim": ssim,
+                   "synth_iterations": args.iterations,
                    "lowpass4": low, "train_s": seconds, "synth_s": synth_s, "steps": epochs * 4}  # fmt: skip
             results.append(row)
             print(json.dumps(row), flush=True)
