@@ -53,7 +53,7 @@ DOCS = [
         ROOT / "docs" / f"{page}.md"
         for page in (
             "python", "attack", "own-network", "he2019", "defenses", "gans", "results", "sweeps", "advise",
-            "cluster", "precision", "benchmarks", "metrics",
+            "cluster", "precision", "benchmarks", "metrics", "dci-study",
         )
     ),
     ROOT / "CONTRIBUTING.md",
