@@ -21,6 +21,9 @@ def test_the_study_runs_dci_at_its_own_defaults() -> None:
     for key, value in study.dci_study.dci.items():
         assert study.attack[key] == value == defaults[key], key
     assert study.trainer.max_epochs == compose(["attack=dci"]).trainer.max_epochs  # the trainer's default
+    alone = compose(["+experiment/dci_setting=dci"])  # outside the study: the same defaults (fallbacks)
+    assert {k: alone.attack[k] for k in study.dci_study.dci} == {k: defaults[k] for k in study.dci_study.dci}
+    assert alone.trainer.max_epochs == study.trainer.max_epochs
     for setting, key, value in [
         ("dci_nocycle", "cycle_weight", 0.0),
         ("dci_single", "blocks", "single"),
