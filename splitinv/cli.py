@@ -109,6 +109,8 @@ def _audit(args: argparse.Namespace) -> None:
     import torch
 
     from splitinv.audit import FolderImages, audit, build_embedder, check_fpr, wandb_run
+    from splitinv.audit.faces import build_aligner
+    from splitinv.audit.membership import MECHANICS
     from splitinv.gans import build_generator
 
     check_fpr(args.fpr)
@@ -126,6 +128,9 @@ def _audit(args: argparse.Namespace) -> None:
         warnings.simplefilter("always")
         source = samples or build_generator(args.generator, weights=args.weights)
         embedder = build_embedder(args.embedder, args.embedder_weights, args.victim, args.image_size)
+        # face crops for the face recogniser (auto); the generic embedders see whole images
+        detector = args.faces if args.faces != "auto" else ("haar" if embedder.kind == "facenet" else "none")
+        faces = build_aligner(detector, embedder.input_size or 160)
         config = {k: v for k, v in vars(args).items() if k != "func"}
         run = wandb_run(args.output, config) if args.wandb else None
         try:
@@ -143,14 +148,17 @@ def _audit(args: argparse.Namespace) -> None:
                 output_dir=args.output,
                 logger=run,
                 device=device,
+                faces=faces,
+                mechanics_test=args.mechanics_test,
             )
         finally:
             if run is not None:
                 run.finish()
+    label = f"{MECHANICS}: " if report.mechanics_test else ""
     for message in dict.fromkeys(str(w.message).splitlines()[0] for w in caught):
-        print(f"splitinv: warning: {message}", file=sys.stderr)
+        print(f"splitinv: warning: {label}{message}", file=sys.stderr)
     print(report.summary())
-    print("\n".join(f"wrote {path}" for path in report.files.values()))
+    print("\n".join(f"{label}wrote {path}" for path in report.files.values()))
     if run is not None:
         hint = f" (offline: `wandb sync {run.settings.sync_dir}` uploads it)" if run.offline else ""
         print(f"logged to W&B run {run.name or run.id}{hint}")
@@ -412,6 +420,19 @@ example: splitinv audit --generator dcgan --weights gan.pt -n 1000 --train train
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--output", "-o", default="outputs/audit", help="results folder (default outputs/audit)")
     p.add_argument("--wandb", action="store_true", help="log the figure and summary to an offline W&B run")
+    p.add_argument(
+        "--faces",
+        default="auto",
+        choices=("auto", "haar", "none"),
+        help="face detection and alignment before embedding: haar (OpenCV's cascades, offline), none (whole "
+        "images); auto: haar for facenet, none for the victim and pixel embedders",
+    )
+    p.add_argument(
+        "--mechanics-test",
+        action="store_true",
+        help="allow an embedder with random weights (refused otherwise) and label every output line a "
+        "mechanics test: no identity or match-rate claim",
+    )
     p.set_defaults(func=_audit)
 
     p = sub.add_parser(

@@ -94,7 +94,7 @@ def run(cfg: DictConfig) -> dict[str, Any] | None:
     cut_info = _cut_info(victim, point, datamodule.image_size, method)
     attack: Attack = instantiate(cfg.attack)
     aux_datamodule, aux_kind = _aux_data(cfg, datamodule)
-    if attack.learns_from_observations or attack.knowledge.access == "query-free":  # from the aux choice
+    if attack.uses_aux_data:  # what the attacker learned from follows from the aux choice
         attack.knowledge = dataclasses.replace(attack.knowledge, aux_data=aux_kind)
     logger = instantiate(cfg.logger, **_logger_group(cfg)) if cfg.get("logger") else False
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger)

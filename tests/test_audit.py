@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from splitinv import cli
@@ -24,7 +25,7 @@ from splitinv.errors import SplitinvError
 REPORT_KEYS = {
     "format", "match_rate", "ci", "n_flagged", "n_samples", "n_train", "n_reference", "threshold", "fpr",
     "quantile_method", "reference_similarity", "similarity", "k_nearest", "embedder", "samples", "train",
-    "reference", "seed", "top", "warnings", "files",
+    "reference", "seed", "top", "warnings", "files", "mechanics_test", "faces",
 }  # fmt: skip
 
 # ---------------------------------------------------------------------------------------------------------
@@ -369,7 +370,15 @@ def _victim_embedder() -> VictimEmbedder:
 @pytest.mark.parametrize(("embedder", "bound"), [("pixels", 0.5), ("victim", 0.3)])
 def test_memorising_gan_is_flagged(memorised: dict, embedder: str, bound: float) -> None:
     emb = PixelEmbedder() if embedder == "pixels" else _victim_embedder()
-    report = audit(memorised["generator"], memorised["train"], memorised["reference"], emb, n=500, fpr=0.01)
+    report = audit(
+        memorised["generator"],
+        memorised["train"],
+        memorised["reference"],
+        emb,
+        n=500,
+        fpr=0.01,
+        mechanics_test=embedder == "victim",  # random weights: allowed as a mechanics test only
+    )
     assert report.fpr_reference <= 0.01
     assert report.ci_low > bound, report.summary()  # measured: CI low 0.79 pixels, 0.73 resnet18
     assert report.ci_low > 20 * report.fpr
@@ -384,8 +393,127 @@ def test_disjoint_training_set_gives_the_false_positive_rate(memorised: dict, em
     seeded, deterministic test would fail on that draw). Measured: 0.000 with both embedders."""
     emb = PixelEmbedder() if embedder == "pixels" else _victim_embedder()
     report = audit(
-        memorised["generator"], memorised["disjoint"], memorised["reference"], emb, n=500, fpr=0.01
+        memorised["generator"],
+        memorised["disjoint"],
+        memorised["reference"],
+        emb,
+        n=500,
+        fpr=0.01,
+        mechanics_test=embedder == "victim",
     )
     assert report.ci_low <= report.fpr  # not significantly above the calibrated FPR
     assert report.match_rate < 0.05, report.summary()
     assert math.isclose(report.fpr_reference, 0.01)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# No faked identities: random embedders refused unless a labelled mechanics test; faces detected and aligned
+
+
+def _astronaut() -> torch.Tensor:
+    from skimage import data
+
+    return torch.from_numpy(data.astronaut()).permute(2, 0, 1).float() / 255
+
+
+def _non_faces() -> torch.Tensor:
+    """A smoothed noise image and a gradient, 512 px: no face in either."""
+    g = torch.Generator().manual_seed(0)
+    noise = F.interpolate(F.avg_pool2d(torch.rand(1, 3, 64, 64, generator=g), 5, 1, 2), size=(512, 512))
+    ramp = torch.linspace(0, 1, 512).view(1, 1, 1, -1).expand(1, 3, 512, 512)
+    return torch.cat([noise, ramp])
+
+
+def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten() - a.mean(), b.flatten() - b.mean()
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def test_faces_are_detected_and_aligned() -> None:
+    from skimage import transform
+
+    from splitinv.audit.faces import FaceAligner, build_aligner
+
+    astronaut = _astronaut()
+    tilted = transform.rotate(astronaut.permute(1, 2, 0).numpy(), 12, center=(225, 110), mode="edge")
+    tilted = torch.from_numpy(tilted).permute(2, 0, 1).float()
+    aligner = build_aligner("haar", 160)
+    assert isinstance(aligner, FaceAligner) and build_aligner("none") is None
+    crops, found, aligned = aligner(torch.cat([torch.stack([astronaut, tilted]), _non_faces()]))
+    assert crops.shape == (4, 3, 160, 160)
+    assert found.tolist() == [True, True, False, False] and aligned[:2].all()
+    assert crops[2:].abs().sum() == 0  # no crop where no face was found
+    # alignment undoes the 12 degree tilt: the two crops agree; the same crop of the tilted image does not
+    assert _corr(crops[0], crops[1]) > 0.85
+    naive = F.interpolate(tilted[None, :, 40:260, 100:320], size=(160, 160), mode="bilinear")[0]
+    assert _corr(crops[0], naive) < 0.5
+    # the eyes sit level at the crop's fixed places (found again in the crop of the tilted image)
+    box, eyes = aligner.detect((crops[1].permute(1, 2, 0) * 255).round().byte().numpy())
+    assert box is not None and eyes is not None
+    assert abs(eyes[0, 1] - eyes[1, 1]) < 5 and abs(eyes[:, 1].mean() - 64) < 8  # level, 0.4 x 160 down
+    with pytest.raises(SplitinvError, match="unknown face detector"):
+        build_aligner("mtcnn")
+
+
+def test_random_embedder_weights_are_refused_unless_a_mechanics_test(tmp_path: Path) -> None:
+    samples, train, reference = _toy()
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="RANDOM"):
+        facenet = build_embedder("facenet", weights="random")
+    with pytest.raises(SplitinvError, match="RANDOM weights, whose similarities identify nobody") as info:
+        audit(samples[:8], train, reference[:40], facenet)
+    assert "\n" not in str(info.value)
+    report = audit(
+        samples[:8], train, reference[:40], facenet, mechanics_test=True, output_dir=tmp_path / "o"
+    )
+    lines = report.summary().splitlines()
+    assert len(lines) == 3 and all(line.startswith("MECHANICS TEST") for line in lines)
+    summary = json.loads((tmp_path / "o" / "audit.json").read_text())
+    assert summary["mechanics_test"] is True and summary["embedder"]["pretrained"] is False
+    # collapsed random embeddings no longer read as "reference images identical to training images"
+    assert not any("identical" in w for w in report.warnings)
+    copied = audit(samples[:8], train, torch.cat([train[:2], reference[:40]]), PixelEmbedder())
+    assert any(w.startswith("2 reference images are identical") for w in copied.warnings)
+    assert not copied.mechanics_test and not copied.summary().startswith("MECHANICS")
+
+
+def test_audit_with_faces_never_flags_a_sample_without_a_face(tmp_path: Path) -> None:
+    from splitinv.audit.faces import build_aligner
+
+    astronaut = _astronaut()
+    flipped = astronaut.flip(2)
+    train = torch.stack([astronaut, flipped])
+    reference = torch.stack([0.9 * astronaut.roll(20, dims=2), flipped.roll(-15, dims=1)])  # shifted copies
+    report = audit(
+        torch.cat([astronaut[None], _non_faces()]),
+        train,
+        torch.cat([reference, _non_faces()]),
+        PixelEmbedder(),
+        faces=build_aligner("haar", 64),
+        fpr=0.5,
+    )
+    assert report.table["face"].tolist() == [True, False, False]
+    assert not report.table["flagged"][1:].any()  # no face: never flagged
+    assert report.n_reference == 2 and report.faces["no_face"] == {"samples": 2, "train": 0, "reference": 2}
+    assert "face crops (haar" in report.summary()
+    with pytest.raises(SplitinvError, match="no face found in any of the 2 train images"):
+        audit(astronaut[None], _non_faces(), reference, PixelEmbedder(), faces=build_aligner("haar", 64))
+
+
+def test_cli_refuses_random_embedder_weights_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    samples, train, reference = _toy()
+    s, t, r = (_write(tmp_path / n, x) for n, x in (("s", samples[:6]), ("t", train), ("r", reference[:30])))
+    argv = ["audit", "--samples", str(s), "--train", str(t), "--reference", str(r), "--embedder", "facenet"]
+    argv += ["--embedder-weights", "random", "--faces", "none", "--output", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line]
+    assert len(err) == 1 and err[0].startswith("splitinv: error: embedder InceptionResnetV1 has RANDOM")
+    cli.main([*argv, "--mechanics-test"])
+    captured = capsys.readouterr()
+    out = [line for line in captured.out.splitlines() if line]
+    assert len(out) == 6 and all(line.startswith("MECHANICS TEST") for line in out), out
+    assert all("MECHANICS TEST" in line for line in captured.err.splitlines() if line)

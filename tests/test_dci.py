@@ -363,6 +363,90 @@ def test_dci_runs_end_to_end_from_the_config(tmp_path: Path, monkeypatch: pytest
     assert (
         described["chain"] == ["relu"] and described["synth_images"] == 16 and described["blocks"] == "stages"
     )
-    assert raising.reads == 0
+    assert raising.reads == 0 and described["inverter_data"] == "synthetic"
     chain, _ = load_chain(out / "decoder.pt")
     assert chain.feature_shape == (64, 8, 8)
+
+
+class CountingImages(Dataset):
+    """A small auxiliary set of known images that counts its reads."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images, self.reads = images, 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Any:
+        self.reads += 1
+        return self.images[index], 0, index
+
+
+class KnownAux:
+    """A datamodule stand-in whose auxiliary data is ``CountingImages``."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.counting = CountingImages(images)
+
+    def aux_dataset(self) -> Dataset:
+        return self.counting
+
+
+def test_inverter_data_aux_trains_on_the_auxiliary_images(victim: nn.Module) -> None:
+    head, _ = cut(victim, "layer1")
+    tiny = {**SMALL, "synth_images": 12, "synth_batch": 12, "synth_iterations": 2, "finetune_epochs": 0}
+    real = torch.rand(20, *SHAPE, generator=torch.Generator().manual_seed(3))
+    data = KnownAux(real)
+    synthetic = DCIAttack(**tiny)
+    context = AttackContext.for_attack(synthetic, Split(head), SHAPE, data=data, trainer=_trainer(1))
+    assert (
+        context.data is None and synthetic.knowledge.aux_data == "none"
+    )  # data-free: the run's data withheld
+    synthetic.fit(context)
+    assert data.counting.reads == 0 and synthetic.describe()["inverter_data"] == "synthetic"
+    aux = DCIAttack(**tiny, inverter_data="aux")
+    assert aux.knowledge.aux_data == "same" and aux.uses_aux_data
+    context = AttackContext.for_attack(aux, Split(head), SHAPE, data=data, trainer=_trainer(1))
+    stats = aux.fit(context)
+    assert data.counting.reads == 12 and stats["synth_images"] == 12
+    assert aux.synthetic is not None  # the training images are 12 distinct images of the auxiliary set
+    match = (aux.synthetic[:, None] == real[None]).flatten(2).all(2)
+    assert match.sum(1).eq(1).all() and match.any(0).sum() == 12
+    assert aux.describe()["inverter_data"] == "aux" and aux.describe()["synthesis_model"] is None
+    with pytest.raises(SplitinvError, match="inverter_data"):
+        DCIAttack(inverter_data="real")
+    without = DCIAttack(**tiny, inverter_data="aux")
+    with pytest.raises(SplitinvError, match="auxiliary data"):
+        without.fit(AttackContext.for_attack(without, Split(head), SHAPE, trainer=_trainer(1)))
+
+
+def test_inverter_data_aux_is_recorded_by_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from splitinv.config import compose
+    from splitinv.data import ImageDataModule
+    from splitinv.run import run
+
+    counting = CountingImages(torch.rand(32, *SHAPE, generator=torch.Generator().manual_seed(4)))
+    monkeypatch.setattr(ImageDataModule, "aux_dataset", lambda self: counting)
+    out = tmp_path / "run"
+    overrides = [
+        "victim=resnet18",
+        "victim.image_size=32",
+        "data=fashion_mnist_mini",
+        "data.n_eval=8",
+        "cut=layer1",
+        "attack=dci",
+        "attack.inverter_data=aux",
+        "attack.synth_images=16",
+        "attack.batch_size=16",
+        "attack.finetune_epochs=0",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "baselines=false",
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run(compose(overrides, output_dir=out))
+    saved = json.loads((out / "metrics.json").read_text())
+    assert (saved["access"], saved["aux_data"]) == ("white-box", "same")
+    assert saved["details"]["attack"]["inverter_data"] == "aux" and counting.reads >= 16

@@ -55,8 +55,7 @@ DOCS = [
         ROOT / "docs" / f"{page}.md"
         for page in (
             "python", "attack", "own-network", "he2019", "defenses", "leakage", "gans", "results", "sweeps",
-            "advise",
-            "cluster", "precision", "benchmarks", "metrics",
+            "advise", "cluster", "precision", "benchmarks", "metrics", "dci-study",
         )
     ),
     ROOT / "CONTRIBUTING.md",

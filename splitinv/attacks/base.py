@@ -263,6 +263,12 @@ class Attack(ABC):
     # reconstructions do not beat a flat grey image
     budget: tuple[str, ...] = ()
 
+    @property
+    def uses_aux_data(self) -> bool:
+        """Whether the attack trains on the run's auxiliary data: the run then records which data that was
+        (``knowledge.aux_data``: same or other). Attacks that learn from observations do; others may."""
+        return self.learns_from_observations
+
     def fit(self, context: AttackContext) -> dict[str, Any]:
         """Learn from, or keep, what ``context`` offers; returns training statistics (empty when none)."""
         return {}

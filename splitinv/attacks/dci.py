@@ -39,6 +39,7 @@ from splitinv.attacks.base import (
     AttackerKnowledge,
     Reconstruction,
     Writer,
+    check_choice,
     check_number,
 )
 from splitinv.attacks.decoder import DECODER_FILE
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 DCI_FORMAT = "splitinv-dci/1"
 BLOCK_SPECS = ("stages", "single")
+INVERTER_DATA = ("synthetic", "aux")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -447,6 +449,7 @@ class DCIAttack(Attack):
         flip: bool = True,
         seed: int = 0,
         checkpoint: str | None = None,
+        inverter_data: str = "synthetic",
         name: str = "dci",
         defense_aware: bool = True,
         progress: bool = True,
@@ -482,8 +485,11 @@ class DCIAttack(Attack):
             "jitter": jitter,
             "flip": bool(flip),
             "seed": int(seed),
+            "inverter_data": check_choice("inverter_data", inverter_data, INVERTER_DATA),
         }
-        self.knowledge = AttackerKnowledge(access="white-box", aux_data="none", defense_aware=defense_aware)
+        # synthetic: data-free; aux: the inverters learn from real auxiliary images (the run records which)
+        aux = "none" if inverter_data == "synthetic" else "same"
+        self.knowledge = AttackerKnowledge(access="white-box", aux_data=aux, defense_aware=defense_aware)
         self.checkpoint = checkpoint
         self.chain: InverterChain | None = None
         self.points: list[str] = []
@@ -491,12 +497,17 @@ class DCIAttack(Attack):
         self.jitter_px: int | None = None
         self.synthetic: torch.Tensor | None = None
 
+    @property
+    def uses_aux_data(self) -> bool:
+        return self.settings["inverter_data"] == "aux" and not self.checkpoint
+
     def fit(self, context: AttackContext) -> dict[str, Any]:
         """Synthesise images from the network, train the inverter chain on them; returns train stats.
 
-        Data-free (``aux_data: none``): the context carries no auxiliary data. ``context.victim``, the full
-        classifier (white-box), lets synthesis match all of its BatchNorm layers and add cross-entropy to
-        random classes; without it, the head's BN layers only.
+        ``inverter_data: synthetic`` is data-free (``aux_data: none``): the context carries no auxiliary
+        data. ``aux`` (an ablation) trains on ``synth_images`` real images drawn from ``context.data``.
+        ``context.victim``, the full classifier (white-box), lets synthesis match all of its BatchNorm layers
+        and add cross-entropy to random classes; without it, the head's BN layers only.
         """
         the_split = context.require_split(self.name)
         head, defense = the_split.head, the_split.defense
@@ -525,7 +536,10 @@ class DCIAttack(Attack):
                 blocks[-1] = nn.Sequential(blocks[-1], defense)
             shapes = _block_shapes(the_split.client, blocks, image_shape, check=not defense.stochastic)
             start = time.perf_counter()
-            images, synth_stats = self._synthesize(head, victim, image_shape, trainer)
+            if self.settings["inverter_data"] == "aux":
+                images, synth_stats = self._aux_images(context), {}
+            else:
+                images, synth_stats = self._synthesize(head, victim, image_shape, trainer)
             synth_seconds = time.perf_counter() - start
             if trainer.logger is not None and synth_stats:
                 trainer.logger.log_metrics({f"synth/{k[6:]}": v for k, v in synth_stats.items()}, step=0)
@@ -606,6 +620,17 @@ class DCIAttack(Attack):
         )
         self.synthetic = images
         return images, stats
+
+    def _aux_images(self, context: AttackContext) -> torch.Tensor:
+        """``synth_images`` real images (a seeded draw) from the auxiliary data, instead of synthesis."""
+        dataset = context.require_data(f"{self.name} with attack.inverter_data=aux").aux_dataset()
+        n = min(self.settings["synth_images"], len(dataset))
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.settings["seed"]))
+        items = [dataset[int(i)] for i in order[:n]]
+        images = torch.stack([item[0] if isinstance(item, (tuple, list)) else item for item in items])
+        self.synthesis_model = None
+        self.synthetic = images
+        return images.float()
 
     def _check_shapes(self, head: nn.Module, image_shape: tuple[int, ...]) -> None:
         assert self.chain is not None

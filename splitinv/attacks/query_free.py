@@ -91,6 +91,11 @@ class QueryFreeAttack(OptimizationAttack):
             self.shadow_lr, self.shadow_eps = 1e-3, 1e-3
         self.shadow_stats: dict[str, Any] = {}
 
+    @property
+    def uses_aux_data(self) -> bool:
+        """The shadow head trains on the auxiliary data: the run records which (same or other)."""
+        return True
+
     def fit(self, context: AttackContext) -> dict[str, Any]:
         """Train the shadow head on the auxiliary data through the tail, then keep it as rMLE's head."""
         tail = context.require_tail(self.name)

@@ -5,6 +5,7 @@
   files (``audit.json``, ``samples.csv``, ``audit.png``), the W&B run.
 - :mod:`splitinv.audit.embed`: the embedders (``facenet``, ``victim``, ``pixels``).
 - :mod:`splitinv.audit.facenet`: FaceNet's Inception-ResNet-v1, loading facenet-pytorch's weight files.
+- :mod:`splitinv.audit.faces`: face detection and alignment before embedding (OpenCV's Haar cascades).
 
 It sits beside the run: it samples generators (:mod:`splitinv.gans`) and embeds with victims; nothing below
 imports it. The command is ``splitinv audit``.

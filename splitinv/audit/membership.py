@@ -25,6 +25,7 @@ flagged samples, each followed by its 3 nearest training images).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -44,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from splitinv.audit.embed import Embedder, PixelEmbedder
+from splitinv.audit.faces import FaceAligner
 from splitinv.errors import SplitinvError
 from splitinv.gans.base import Generator
 from splitinv.progress import track
@@ -51,7 +53,7 @@ from splitinv.progress import track
 AUDIT_FORMAT = "splitinv-audit/1"
 FILES = {"summary": "audit.json", "samples": "samples.csv", "figure": "audit.png"}
 QUANTILE_METHOD = "inverted_cdf"
-DUPLICATE_SIMILARITY = 1 - 1e-5  # a reference this close to a training image is the same image
+MECHANICS = "MECHANICS TEST (random embedder weights: no identity or match-rate claim)"
 
 # ---------------------------------------------------------------------------------------------------------
 # Image sets: folders, tensors and generators behind one interface, loaded batch by batch
@@ -308,21 +310,43 @@ def nearest(queries: Tensor, keys: Tensor, k: int = 3, chunk: int = 4096) -> tup
     return torch.cat(sims), torch.cat(idx)
 
 
+@dataclass
+class Embedded:
+    """A set's embeddings (n, D) on the CPU, whether a face was found in each image (all True without face
+    detection) and each image's digest (its 8-bit pixels' SHA-1: identical images, whatever the embedder)."""
+
+    embeddings: Tensor
+    face: Tensor
+    digests: list[str]
+
+
+def _digest(image: Tensor) -> str:
+    return hashlib.sha1((image.clamp(0, 1) * 255).round().byte().cpu().numpy().tobytes()).hexdigest()
+
+
 def embed_set(
     embedder: Embedder,
     images: ImageSet,
     batch_size: int = 64,
     progress: bool | None = None,
     device: Any = None,
-) -> Tensor:
-    """Embeddings (n, D) on the CPU of every image of ``images``, batch by batch with a progress bar."""
+    faces: FaceAligner | None = None,
+) -> Embedded:
+    """Embeddings of every image of ``images``, batch by batch with a progress bar; with ``faces``, of each
+    image's aligned face crop (a zero vector, cosine 0 to everything, where no face is found)."""
     device = device or next(iter(embedder.parameters()), torch.empty(0)).device
-    out = []
+    out, found, digests = [], [], []
     starts = range(0, images.n, batch_size)
     for start in track(starts, desc=f"embedding {images.name}", unit="batch", enabled=progress):
         batch = images.load(range(start, min(start + batch_size, images.n)))
-        out.append(embedder(batch.to(device)).float().cpu())
-    return torch.cat(out)
+        digests += [_digest(image) for image in batch]
+        face = torch.ones(len(batch), dtype=torch.bool)
+        if faces is not None:
+            batch, face, _ = faces(batch)
+        emb = embedder(batch.to(device)).float().cpu()
+        out.append(emb * face[:, None])
+        found.append(face)
+    return Embedded(torch.cat(out), torch.cat(found), digests)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -353,6 +377,8 @@ class AuditReport:
     confidence: float = 0.95
     quantile_method: str = QUANTILE_METHOD
     k_nearest: int = 3
+    mechanics_test: bool = False
+    faces: dict[str, Any] = field(default_factory=lambda: {"detector": "none"})
     warnings: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
 
@@ -393,6 +419,8 @@ class AuditReport:
             "train": self.train,
             "reference": self.reference,
             "seed": self.seed,
+            "mechanics_test": self.mechanics_test,
+            "faces": self.faces,
             "top": json.loads(self.top(top_k).to_json(orient="records")),
             "warnings": self.warnings,
             "files": self.files,
@@ -405,20 +433,29 @@ class AuditReport:
         if emb["kind"] != "pixels":
             layer = f", layer {emb['layer']}" if emb.get("layer") else ""
             name += f" {emb.get('name')} (weights {emb.get('weights')}{layer})"
-        return "\n".join(
-            [
-                f"match rate {self.match_rate:.4f} ({self.n_flagged}/{self.n_samples} flagged), "
-                f"{self.confidence:.0%} Wilson CI [{self.ci_low:.4f}, {self.ci_high:.4f}]",
-                f"threshold {self.threshold:.4f} (cosine) at target FPR {self.fpr:g}: "
-                f"empirical FPR on {self.n_reference} reference images {self.fpr_reference:.4f}",
-                f"samples {self.n_samples}, training images {self.n_train}, reference images "
-                f"{self.n_reference}; embedder {name}",
-            ]
-        )
+        faces = self.faces
+        if faces.get("detector", "none") == "none":
+            crops = "whole images (no face detection)"
+        else:
+            crops = f"face crops ({faces['detector']}; no face found in {faces['no_face']})"
+        lines = [
+            f"match rate {self.match_rate:.4f} ({self.n_flagged}/{self.n_samples} flagged), "
+            f"{self.confidence:.0%} Wilson CI [{self.ci_low:.4f}, {self.ci_high:.4f}]",
+            f"threshold {self.threshold:.4f} (cosine) at target FPR {self.fpr:g}: "
+            f"empirical FPR on {self.n_reference} reference images {self.fpr_reference:.4f}",
+            f"samples {self.n_samples}, training images {self.n_train}, reference images "
+            f"{self.n_reference}; embedder {name}; {crops}",
+        ]
+        return "\n".join(f"{MECHANICS}: {line}" if self.mechanics_test else line for line in lines)
 
 
 def _table(
-    sims: Tensor, idx: Tensor, flagged: np.ndarray, samples: ImageSet, train: ImageSet
+    sims: Tensor,
+    idx: Tensor,
+    flagged: np.ndarray,
+    samples: ImageSet,
+    train: ImageSet,
+    face: Tensor | None = None,
 ) -> pd.DataFrame:
     columns: dict[str, Any] = {"sample": np.arange(len(sims))}
     if isinstance(samples, FolderImages):
@@ -428,6 +465,8 @@ def _table(
         columns[f"similarity_{j + 1}"] = sims[:, j].numpy().astype(np.float64)
         if isinstance(train, FolderImages):
             columns[f"nearest_{j + 1}_file"] = [train.label(int(i)) for i in idx[:, j]]
+    if face is not None:
+        columns["face"] = face.numpy()
     columns["flagged"] = flagged
     return pd.DataFrame(columns)
 
@@ -450,6 +489,8 @@ def audit(
     logger: Any = None,
     progress: bool | None = None,
     device: Any = None,
+    faces: FaceAligner | None = None,
+    mechanics_test: bool = False,
 ) -> AuditReport:
     """Audit a generator's samples for (near-)copies of its training images (Webster et al. 2021).
 
@@ -469,6 +510,11 @@ def audit(
         logger: a W&B run or a Lightning ``WandbLogger``: the figure and summary are logged to it.
         progress: False: no progress; True or None: a bar on a terminal, log lines elsewhere.
         device: where the generator and embedder run (default: the embedder's device).
+        faces: a face aligner (:func:`splitinv.audit.faces.build_aligner`): every image's aligned face crop
+            is embedded; samples without a face are never flagged, such training and reference images are
+            left out (counted in ``faces``). None: whole images.
+        mechanics_test: allow an embedder with random weights (refused otherwise: its similarities identify
+            nobody); every summary line is then labelled a mechanics test.
 
     Images are tensors (B, C, H, W) in [0, 1]; all three sets must have the samples' size unless ``resize``.
     """
@@ -496,26 +542,48 @@ def audit(
     notes: list[str] = []  # recorded in the report; random weights were already warned about when built
     info, generator = embedder.describe(), sample_set.describe().get("generator")
     if info["kind"] != "pixels" and not info.get("pretrained"):
-        notes.append(f"embedder {info.get('name')} has RANDOM weights: its similarities are not meaningful")
+        if not mechanics_test:
+            raise SplitinvError(
+                f"embedder {info.get('name')} has RANDOM weights, whose similarities identify nobody: give "
+                "trained weights (facenet: --embedder-weights FILE), or pass --mechanics-test "
+                "(mechanics_test=True) to test the audit's mechanics only."
+            )
+        notes.append(f"embedder {info.get('name')} has RANDOM weights: a mechanics test, no identity claim")
     if generator and not generator.get("pretrained", True):
         notes.append(f"generator {generator.get('name')} has RANDOM weights")
     n_random = len(notes)
     with torch.no_grad():
-        train_emb = embed_set(embedder, train_set, batch_size, progress, device)
-        ref_emb = embed_set(embedder, ref_set, batch_size, progress, device)
-        sample_emb = embed_set(embedder, sample_set, batch_size, progress, device)
-    ref_sims = nearest(ref_emb, train_emb, 1)[0][:, 0].double().numpy()
+        train_emb = embed_set(embedder, train_set, batch_size, progress, device, faces)
+        ref_emb = embed_set(embedder, ref_set, batch_size, progress, device, faces)
+        sample_emb = embed_set(embedder, sample_set, batch_size, progress, device, faces)
+    no_face = {
+        name: int((~e.face).sum())
+        for name, e in (("samples", sample_emb), ("train", train_emb), ("reference", ref_emb))
+    }
+    for name, e in (("train", train_emb), ("reference", ref_emb)):
+        if faces is not None and not e.face.any():
+            raise SplitinvError(
+                f"no face found in any of the {e.face.numel()} {name} images: pass face images (or --faces "
+                "none to embed whole images)."
+            )
+    if faces is not None and any(no_face.values()):
+        notes.append(
+            "no face found in {samples} samples (never flagged), {train} training and {reference} reference "
+            "images (left out)".format(**no_face)
+        )
+    ref_sims = nearest(ref_emb.embeddings[ref_emb.face], train_emb.embeddings, 1)[0][:, 0].double().numpy()
     calibration = calibrate_threshold(ref_sims, fpr)
     if calibration.warning:
         notes.append(calibration.warning)
-    duplicates = int((ref_sims >= DUPLICATE_SIMILARITY).sum())
+    train_digests = set(train_emb.digests)
+    duplicates = sum(d in train_digests for d in ref_emb.digests)
     if duplicates:
         notes.append(
-            f"{duplicates} reference images are identical to training images (cosine >= "
-            f"{DUPLICATE_SIMILARITY}): reference images must be known NOT to be in the training set"
+            f"{duplicates} reference images are identical to training images (the same 8-bit pixels): "
+            "reference images must be known NOT to be in the training set"
         )
-    sims, idx = nearest(sample_emb, train_emb, k_nearest)
-    flagged = sims[:, 0].double().numpy() > calibration.threshold
+    sims, idx = nearest(sample_emb.embeddings, train_emb.embeddings, k_nearest)
+    flagged = (sims[:, 0].double().numpy() > calibration.threshold) & sample_emb.face.numpy()
     k = int(flagged.sum())
     low, high = wilson_interval(k, sample_set.n, confidence)
     report = AuditReport(
@@ -525,7 +593,7 @@ def audit(
         n_flagged=k,
         n_samples=sample_set.n,
         n_train=train_set.n,
-        n_reference=ref_set.n,
+        n_reference=int(ref_emb.face.sum()),
         threshold=calibration.threshold,
         fpr=fpr,
         fpr_reference=calibration.fpr_reference,
@@ -533,11 +601,13 @@ def audit(
         samples=sample_set.describe(),
         train=train_set.describe(),
         reference=ref_set.describe(),
-        table=_table(sims, idx, flagged, sample_set, train_set),
+        table=_table(sims, idx, flagged, sample_set, train_set, sample_emb.face if faces else None),
         reference_similarity=ref_sims,
         seed=seed,
         confidence=confidence,
         k_nearest=int(sims.shape[1]),
+        mechanics_test=bool(mechanics_test),
+        faces={"detector": "none"} if faces is None else {**faces.describe(), "no_face": no_face},
         warnings=notes,
     )
     for note in notes[n_random:]:
@@ -579,7 +649,7 @@ def plot_audit(
         if flagged_any
         else f"no sample above threshold {report.threshold:.3f}: the most similar"
     )
-    fig.suptitle(title, fontsize=7)
+    fig.suptitle(f"{MECHANICS}\n{title}" if report.mechanics_test else title, fontsize=7)
     if len(rows):
         sample_images = samples.load([int(i) for i in rows["sample"]])
         for r, (row, image) in enumerate(zip(rows.itertuples(index=False), sample_images, strict=True)):
