@@ -75,7 +75,7 @@ def _table(args: argparse.Namespace) -> None:
         frame = published(args.published, frame)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     cols = None if args.cols in ("", "none") else args.cols
-    text = table(frame, rows=args.rows, cols=cols, metrics=metrics, fmt=args.format)
+    text = table(frame, rows=args.rows, cols=cols, metrics=metrics, fmt=args.format, intervals=args.intervals)
     if args.output:
         Path(args.output).write_text(text)
         print(f"wrote {args.output}")
@@ -346,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics", default="lpips,ssim,psnr", help=f"comma-separated metric names: {TABLE_METRICS}"
     )
     p.add_argument("--format", default="md", choices=("md", "latex", "csv"))
+    p.add_argument(
+        "--intervals",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="each number's 95 %% interval and the n column (default); --no-intervals: the means alone",
+    )
     p.add_argument("--output", "-o", default=None, help="write to this file instead of printing")
     p.add_argument(
         "--published",

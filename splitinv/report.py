@@ -404,13 +404,15 @@ def aggregate(frame: pd.DataFrame, rows: str, cols: str | None, metrics: Sequenc
     return out
 
 
-def _legend(agg: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
+def _legend(agg: pd.DataFrame, metrics: Sequence[str], intervals: bool = True) -> list[str]:
     """What a table's ±, n, markers and arrows mean (the markers only where it shows them)."""
     lines = [
         f"mean ± half-width of a {CONFIDENCE * 100:g} % Student-t interval over the per-seed means (jobs of "
         "one seed averaged first); n = seeds × images per job."
+        if intervals
+        else "means over seeds and images (--no-intervals: no interval shown)."
     ]
-    if any(agg[(m, "over")].eq("images").any() for m in metrics):
+    if intervals and any(agg[(m, "over")].eq("images").any() for m in metrics):
         lines.append(
             f"{IMAGES_MARK} one seed: the interval is over that seed's images, not over seeds "
             "(run more seeds)."
@@ -442,12 +444,14 @@ def table(
     cols: str | None = "victim",
     metrics: Sequence[str] = ("lpips", "ssim", "psnr"),
     fmt: str = "md",
+    intervals: bool = True,
 ) -> str:
     """A paper table: mean ± 95 % half-width over seeds and n (seeds × images), the best value per column
     marked, arrows for each direction (and whose), a marker on attack numbers whose verdict is not ``leaks``.
 
     fmt: ``md`` (best in **bold**), ``latex`` (booktabs, best in \\textbf), ``csv`` (plain numbers: mean,
     std of the seed means, jobs, half-width, seeds, images, what the interval is over; verdict).
+    intervals: False prints the means alone (no ± and no n column: a compact table of one-seed runs).
     """
     if fmt not in ("md", "latex", "csv"):
         raise SplitinvError(f"unknown table format {fmt!r}: use md, latex or csv.")
@@ -471,6 +475,8 @@ def table(
             return "—", None
         line = agg.loc[key]
         stats = {s: line[(m, s)] for s in ("mean", "half", "count", "over")}
+        if not intervals:
+            stats["half"] = math.nan
         n = int(stats["count"]) if not pd.isna(stats["count"]) else 0
         problems = line[("problems", "")]
         text = _fmt(stats, _digits(m))
@@ -510,7 +516,8 @@ def table(
             a = arrow[DIRECTIONS[m]][0 if fmt == "md" else 1]
             label = f"{LABELS.get(m, m)} {a}"
             header.append(f"{c} {label}" if c is not None and len(col_keys) > 1 else label)
-    header.append("n (seeds × images)")
+    if intervals:
+        header.append("n (seeds × images)")
     esc = str.maketrans(
         {"_": r"\_", "%": r"\%", "&": r"\&", "±": r"$\pm$", "≥": r"$\geq$", "×": r"$\times$",
          "†": r"$^\dagger$", "‡": r"$^\ddagger$", "§": r"$^\S$", "↑": r"$\uparrow$", "↓": r"$\downarrow$"}
@@ -525,9 +532,10 @@ def table(
                 if value is not None and best.get((c, m)) == value:
                     text = f"**{text}**" if fmt == "md" else rf"\textbf{{{text}}}"
                 line.append(text)
-        line.append(sizes(r) if fmt == "md" else sizes(r).translate(esc))
+        if intervals:
+            line.append(sizes(r) if fmt == "md" else sizes(r).translate(esc))
         body.append(line)
-    legend = _legend(agg, metrics)
+    legend = _legend(agg, metrics, intervals)
     if fmt == "md":
         out = ["| " + " | ".join([rows, *header]) + " |", "|" + "---|" * (len(header) + 1)]
         out += ["| " + " | ".join(line) + " |" for line in body]
@@ -542,7 +550,8 @@ def table(
         starts = [2 + i * len(metrics) for i in range(len(col_keys))]
         out.append(" ".join(rf"\cmidrule(lr){{{s}-{s + len(metrics) - 1}}}" for s in starts))
         header = [f"{LABELS.get(m, m)} {arrow[DIRECTIONS[m]][1]}" for _ in col_keys for m in metrics]
-        header.append("n (seeds × images)")
+        if intervals:
+            header.append("n (seeds × images)")
     out.append(" & ".join([rows.translate(esc), *[h.translate(esc) for h in header]]) + r" \\")
     out.append(r"\midrule")
     for line in body:

@@ -227,6 +227,11 @@ def test_tables_show_the_t_interval_over_seeds_n_and_the_verdict_of_the_seed_mea
     assert "§ one seed: the interval is over that seed's images" in text
     assert "† no better than a low-pass image" in text and "‡ no better than grey" in text
     assert "Arrows: which way is better, and for whom (attacker: SSIM ↑; user: accuracy ↑)" in text
+    # --no-intervals: the same means and markers, no ± and no n column
+    assert cli.main(["table", str(root), "--cols", "none", "--metrics", "ssim", "--no-intervals"]) is None
+    compact = capsys.readouterr().out
+    assert f"| layer1 | **{values.mean():.3f}†** |" in compact and "| layer2 | 0.300‡ |" in compact
+    assert "±" not in compact and "n (seeds" not in compact and "no interval shown" in compact
     csv = table(collect(root), rows="cut", cols=None, metrics=["ssim"], fmt="csv")
     import io
 
