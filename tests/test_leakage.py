@@ -216,5 +216,7 @@ def test_the_bound_reaches_tables_figure_and_advisor(tmp_path):
     assert "dFIL" in adv.render(rows)
     low = float(rows["dfil"].min())
     verdict = adv.constrain(rows, {"max_dfil": low * 1.01})
-    assert len(verdict.rows) == 1 and float(verdict.rows["dfil"].iloc[0]) == low  # the sigma = 2 row
-    assert adv.constrain(rows, {"max_dfil": low * 0.5}).rows.empty
+    cuts = verdict.rows[verdict.rows["baseline"].isna()]  # the device row sends no features: it meets any cap
+    assert len(cuts) == 1 and float(cuts["dfil"].iloc[0]) == low  # the sigma = 2 row
+    assert list(verdict.rows["baseline"].dropna()) == ["device"]
+    assert list(adv.constrain(rows, {"max_dfil": low * 0.5}).rows["cut"]) == ["device"]
