@@ -67,11 +67,12 @@ for name in modules:
 check(not broken and "splitinv.nets.he2019" in modules, f"{len(modules)} modules import from the environment"
       + (f"; broken: {broken}" if broken else ""))  # fmt: skip
 
-# 2. every option of every config group, as the installed package holds them, listed by the Hydra app
+# 2. every option of every config group, as the installed package holds them, listed by the Hydra app (the
+# shared bases, attack/_base and _optimize, are inherited, never chosen: --help leaves them out)
 conf = importlib.resources.files("splitinv.conf")
 options: dict[str, list[str]] = {}
 for group in sorted(p for p in conf.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")):
-    for path in sorted(group.rglob("*.yaml")):
+    for path in sorted(p for p in group.rglob("*.yaml") if not p.name.startswith("_")):
         rel = Path(str(path)).relative_to(Path(str(group)))
         sub = "/".join((group.name, *rel.parent.parts))
         options.setdefault(sub, []).append(rel.stem)
