@@ -28,6 +28,7 @@ from splitinv.cut import cut
 from splitinv.data import FashionMNISTDataModule
 from splitinv.errors import SplitinvError
 from splitinv.evaluate import ReconstructionStore, evaluate, reconstruct
+from splitinv.results import IMAGES_FILE, load_images
 from splitinv.run import run
 from splitinv.split import Split, split
 from splitinv.train_victim import save_victim
@@ -313,7 +314,7 @@ def test_a_start_with_a_zero_gradient_stops_in_one_line_and_noise_starts_it(tmp_
     # the fix the message names: the preset's other settings, from a noisy start, move the image
     noisy = [*ZERO_GRADIENT, "attack.init=noise", "attack.steps=5"]
     record = run(compose(noisy, output_dir=tmp_path / "noise"))
-    images = torch.load(tmp_path / "noise" / "images.pt")["reconstructions"].float()
+    _, images = load_images(tmp_path / "noise" / IMAGES_FILE)
     assert record["details"]["attack"]["init"] == "noise" and record["details"]["attack"]["eps"] == 1e-3
     assert float(images.flatten(1).std(1).min()) > 0
 
