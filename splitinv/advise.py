@@ -74,7 +74,6 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from splitinv.baselines import LEAKS, UNSCORED
-from splitinv.baselines import verdict as baseline_verdict
 from splitinv.defenses.base import Defense, NoDefense
 from splitinv.errors import SplitinvError
 
@@ -572,16 +571,13 @@ def _dfil(group: pd.DataFrame) -> float:
 def _attack_stats(runs: pd.DataFrame) -> dict[str, Any]:
     """One attack's runs at one (cut, defense): SSIM and LPIPS over seeds (report.cell_stats) and the verdict
     of its fractions beating grey and the 4x4 low-pass, averaged over seeds."""
-    from splitinv.report import cell_stats, seed_means
+    from splitinv.report import cell_stats, seed_verdict
 
-    fractions = [
-        seed_means(runs, f).mean() if f in runs else math.nan for f in ("beats_grey", "beats_lowpass4")
-    ]
     empty = {"mean": math.nan, "half": math.nan, "count": 0}
     return {
         "ssim": cell_stats(runs, "ssim") if "ssim" in runs else empty,
         "lpips": cell_stats(runs, "lpips") if "lpips" in runs else empty,
-        "verdict": baseline_verdict(*fractions),
+        "verdict": seed_verdict(runs)[2],
     }
 
 

@@ -320,6 +320,15 @@ def seed_means(jobs: pd.DataFrame, metric: str) -> pd.Series:
     return have.groupby(seed, sort=False, dropna=False)[metric].mean().astype(float)
 
 
+def seed_verdict(jobs: pd.DataFrame) -> tuple[float, float, str]:
+    """(beats_grey, beats_lowpass4, verdict) of ``jobs``: the fractions averaged per seed, then over seeds,
+    and :func:`splitinv.baselines.verdict` of them (NaN and ``unscored`` where the runs recorded none)."""
+    grey, lowpass4 = (
+        seed_means(jobs, f).mean() if f in jobs else math.nan for f in ("beats_grey", "beats_lowpass4")
+    )
+    return grey, lowpass4, verdict(grey, lowpass4)
+
+
 def cell_stats(jobs: pd.DataFrame, metric: str) -> dict[str, Any]:
     """Mean over seeds, the 95 % half-width (:func:`interval`), the std of the per-seed means, and n: jobs,
     seeds and images per job (one number, ``a-b`` when jobs differ, None when unknown)."""
@@ -389,11 +398,7 @@ def aggregate(frame: pd.DataFrame, rows: str, cols: str | None, metrics: Sequenc
         cell[("published", "")] = bool(jobs[group.index].str.startswith("published:").all())
         if "cut_depth" in group:
             cell[("depth", "")] = pd.to_numeric(group["cut_depth"], errors="coerce").mean()
-        fractions = [
-            seed_means(ok, f).mean() if f in ok else math.nan for f in ("beats_grey", "beats_lowpass4")
-        ]
-        cell[("beats_grey", "")], cell[("beats_lowpass4", "")] = fractions
-        cell[("verdict", "")] = verdict(*fractions)
+        cell[("beats_grey", "")], cell[("beats_lowpass4", "")], cell[("verdict", "")] = seed_verdict(ok)
         cells[key[0] if len(keys) == 1 else tuple(key)] = cell
     out = pd.DataFrame.from_dict(cells, orient="index")
     out.columns = pd.MultiIndex.from_tuples(out.columns)
