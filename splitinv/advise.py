@@ -386,19 +386,14 @@ def jpeg_bytes(images: torch.Tensor, quality: int = JPEG_QUALITY) -> list[int]:
     its uint8 pixels (one channel as greyscale, three as RGB)."""
     import io
 
-    from PIL import Image
-
-    from splitinv.io import to_uint8
+    from splitinv.io import to_pil, to_uint8
 
     if not 1 <= int(quality) <= 95:
         raise SplitinvError(f"JPEG quality {quality} is out of range: use 1-95 (PIL's useful range).")
     sizes = []
     for image in to_uint8(images):
-        pixels = image.permute(1, 2, 0).numpy()
         buffer = io.BytesIO()
-        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(
-            buffer, format="JPEG", quality=int(quality)
-        )
+        to_pil(image).save(buffer, format="JPEG", quality=int(quality))
         sizes.append(buffer.tell())
     return sizes
 

@@ -36,6 +36,14 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+def to_pil(image: torch.Tensor) -> Any:
+    """One uint8 (C, H, W) image (:func:`to_uint8`) as a PIL image: one channel as greyscale, three as RGB."""
+    from PIL import Image
+
+    pixels = image.permute(1, 2, 0).numpy()
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+
+
 def _tensors(obj: Any, path: tuple = ()) -> Iterator[tuple[tuple, torch.Tensor]]:
     """Every tensor inside ``obj`` (nested dicts, lists, tuples) with its path of keys."""
     if isinstance(obj, torch.Tensor):

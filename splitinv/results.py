@@ -26,7 +26,7 @@ import torch
 
 from splitinv import metrics
 from splitinv.errors import ResultsExist, SplitinvError
-from splitinv.io import load_file, save_atomic, to_uint8
+from splitinv.io import load_file, save_atomic, to_pil, to_uint8
 from splitinv.sheets import is_sheet, sheet_title, write_sheets
 
 log = logging.getLogger(__name__)
@@ -91,13 +91,10 @@ class ReconstructionWriter:
                 raise SplitinvError(f"more than the {self.n_images} evaluation images were scored.")
             self._array[self.rows : end] = pixels.numpy()
         else:
-            from PIL import Image
-
             folder = self.tmp / self.name
             folder.mkdir(exist_ok=True)
             for i, image in zip(torch.as_tensor(index).tolist(), pixels, strict=True):
-                array = image.permute(1, 2, 0).numpy()
-                Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(folder / f"{i}.png")
+                to_pil(image).save(folder / f"{i}.png")
         self.rows += pixels.shape[0]
 
     def move_into(self, stage: Path) -> None:
